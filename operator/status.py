@@ -1,0 +1,316 @@
+"""The PEFTJob state machine. Pure: (job, current status, its pods, now) -> new status and what to do next.
+
+All state lives in the resource's status, so a reconcile replays correctly after an operator restart:
+the decision depends only on what the API server holds. Handlers carry out the decision.
+
+Phases: Pending -> Created -> Running -> Succeeded | Failed, with Restarting (the whole gang is recreated
+after a retryable failure; DeepSpeed cannot lose a rank) and Suspended (pods removed, checkpoint kept).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from pydantic import ValidationError
+
+from peftjob_trainer import contract
+from peftjob_trainer.api import PEFTJob, PEFTJobStatus, worker_pod_name
+from peftjob_trainer.api.status import Artifact, Condition, MlflowRun, Progress, WorkerCounts
+
+TERMINAL = ("Succeeded", "Failed")
+# Pod-level reasons (pod.status.reason) that mean the infrastructure took the pod away, not the trainer.
+INFRASTRUCTURE_REASONS = {"Evicted", "NodeLost", "NodeShutdown", "Shutdown", "Terminated", "Preempted",
+                          "UnexpectedAdmissionError", "OutOfcpu", "OutOfmemory"}
+MESSAGE_TAIL = 400
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the PEFTJob."""
+
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The new status and the side effects that bring the cluster to it."""
+
+    status: PEFTJobStatus
+    create_pods: bool = False
+    delete_pods: tuple[str, ...] = ()
+    delete_job: bool = False
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True)
+class Worker:
+    """What one worker pod tells us."""
+
+    index: int
+    name: str
+    phase: str  # Pending, Running, Succeeded, Failed, Unknown, Missing, Terminating
+    exit_code: int | None = None
+    reason: str = ""
+    message: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.phase in ("Pending", "Running", "Unknown")
+
+
+@dataclass
+class _Draft:
+    """The status being built, plus the effects decided along the way."""
+
+    status: PEFTJobStatus
+    now: str
+    events: list[Event] = field(default_factory=list)
+
+    def transition(self, phase: str, reason: str, message: str, condition: str | None = None) -> None:
+        """Move to `phase` (one Event per change) and set its condition True; others it supersedes go False."""
+        condition = condition or phase
+        if self.status.phase != phase or self.status.message != message:
+            kind = "Warning" if phase in ("Failed", "Restarting") else "Normal"
+            self.events.append(Event(kind, reason, message))
+        self.status.phase = phase
+        self.status.message = message
+        self.set_condition(condition, "True", reason, message)
+        for other in {"Running": ("Restarting", "Suspended"), "Restarting": ("Running",),
+                      "Suspended": ("Running", "Restarting"), "Succeeded": ("Running",),
+                      "Failed": ("Running", "Restarting")}.get(condition, ()):
+            if self._condition(other) and self._condition(other).status == "True":
+                self.set_condition(other, "False", reason, message)
+
+    def set_condition(self, type_: str, status: str, reason: str, message: str) -> None:
+        existing = self._condition(type_)
+        if existing is None:
+            self.status.conditions.append(
+                Condition(type=type_, status=status, reason=reason, message=message, last_transition_time=self.now)
+            )
+            return
+        if existing.status != status:
+            existing.last_transition_time = self.now
+        existing.status, existing.reason, existing.message = status, reason, message
+
+    def _condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.status.conditions if c.type == type_), None)
+
+
+def reconcile(job: PEFTJob, current: PEFTJobStatus, pods: list[dict[str, Any]], now: datetime) -> Decision:
+    """Decide the job's next status from what is observed. Idempotent: replaying it changes nothing more."""
+    draft = _Draft(current.model_copy(deep=True), _timestamp(now))
+    status = draft.status
+    status.method = job.spec.method.name
+    policy = job.spec.run_policy
+    workers = observe_workers(pods, job.metadata.name, job.spec.workers.replicas)
+    status.workers = WorkerCounts(
+        active=sum(w.active for w in workers),
+        succeeded=sum(w.phase == "Succeeded" for w in workers),
+        failed=sum(w.phase == "Failed" for w in workers),
+    )
+    existing = tuple(w.name for w in workers if w.phase not in ("Missing", "Terminating"))
+    active = tuple(w.name for w in workers if w.active)
+
+    def done(**effects: Any) -> Decision:
+        return Decision(status=status, events=tuple(draft.events), **effects)
+
+    if status.phase in TERMINAL:
+        expired = _ttl_expired(policy.ttl_seconds_after_finished, status.completion_time, now)
+        return done(delete_pods=active, delete_job=expired)
+
+    if policy.suspend:
+        if status.phase != "Suspended":
+            draft.transition("Suspended", "Suspended", "job suspended: worker pods removed, checkpoint kept")
+            status.start_time = None  # the deadline counts running time from the next resume
+        return done(delete_pods=existing)
+
+    deadline = policy.active_deadline_seconds
+    if deadline and status.start_time and now >= _parse(status.start_time) + timedelta(seconds=deadline):
+        _finish(draft, "Failed", "DeadlineExceeded", f"job ran longer than activeDeadlineSeconds={deadline}")
+        return done(delete_pods=active)
+
+    if status.phase in ("Pending", "Restarting", "Suspended"):
+        if status.phase == "Suspended":
+            draft.set_condition("Suspended", "False", "Resumed", "job resumed: pods are recreated")
+        if status.phase != "Pending" and existing:
+            return done(delete_pods=existing)  # the old gang goes before the new one comes
+        if any(w.phase == "Terminating" for w in workers):
+            return done()
+        replicas = job.spec.workers.replicas
+        draft.transition("Created", "PodsCreated", f"created {replicas} worker pod(s)")
+        status.start_time = status.start_time or draft.now
+        return done(create_pods=True)
+
+    if workers[0].phase == "Succeeded":
+        _succeed(draft, workers[0])
+        return done(delete_pods=active)
+
+    failures = [w for w in workers if w.phase in ("Failed", "Missing", "Terminating")]
+    user_errors = [w for w in failures if not _retryable(w)]
+    if user_errors:
+        _finish(draft, "Failed", "WorkerFailed", describe(user_errors[0]) + " (not retried: a user error)")
+        return done(delete_pods=active)
+    if failures:
+        why = describe(failures[0])
+        if status.restarts >= policy.backoff_limit:
+            _finish(draft, "Failed", "BackoffLimitExceeded",
+                    f"{why}; backoffLimit {policy.backoff_limit} reached after {status.restarts} restart(s)")
+            return done(delete_pods=active)
+        status.restarts += 1
+        draft.transition("Restarting", _restart_reason(failures[0]),
+                         f"restart {status.restarts}/{policy.backoff_limit}: {why}")
+        return done(delete_pods=existing)
+
+    if all(w.phase == "Running" for w in workers):
+        draft.transition("Running", "AllWorkersRunning", f"{len(workers)} worker pod(s) running")
+    return done()
+
+
+def observe_workers(pods: list[dict[str, Any]], job_name: str, replicas: int) -> list[Worker]:
+    """One Worker per expected index; pods the gang does not expect are ignored."""
+    by_name = {pod.get("metadata", {}).get("name"): pod for pod in pods}
+    return [_worker(index, worker_pod_name(job_name, index), by_name.get(worker_pod_name(job_name, index)))
+            for index in range(replicas)]
+
+
+def _worker(index: int, name: str, pod: dict[str, Any] | None) -> Worker:
+    if pod is None:
+        return Worker(index, name, "Missing")
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return Worker(index, name, "Terminating")
+    pod_status = pod.get("status") or {}
+    phase = pod_status.get("phase") or "Pending"
+    terminated = next(
+        (
+            (cs.get("state") or {}).get("terminated")
+            for cs in pod_status.get("containerStatuses") or []
+            if (cs.get("state") or {}).get("terminated")
+        ),
+        None,
+    )
+    reason = pod_status.get("reason") or ""
+    if any(c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+           for c in pod_status.get("conditions") or []):
+        reason = reason or "DisruptionTarget"
+    if terminated:
+        return Worker(index, name, phase, terminated.get("exitCode"), terminated.get("reason") or reason,
+                      terminated.get("message") or pod_status.get("message") or "")
+    return Worker(index, name, phase, None, reason, pod_status.get("message") or "")
+
+
+def _retryable(worker: Worker) -> bool:
+    """Infrastructure failures are retried; a trainer exit code 1-127 is the user's to fix."""
+    if worker.phase in ("Missing", "Terminating") or worker.reason in INFRASTRUCTURE_REASONS:
+        return True
+    if worker.reason == "DisruptionTarget" or worker.exit_code is None:
+        return True
+    return contract.is_retryable(worker.exit_code)
+
+
+def _restart_reason(worker: Worker) -> str:
+    if worker.phase in ("Missing", "Terminating"):
+        return "WorkerDeleted"
+    if worker.reason in INFRASTRUCTURE_REASONS or worker.reason == "DisruptionTarget":
+        return worker.reason if worker.reason != "DisruptionTarget" else "Disrupted"
+    return "WorkerFailed"
+
+
+def describe(worker: Worker) -> str:
+    """One line a user can act on: which worker, what happened, the end of what it said."""
+    if worker.phase in ("Missing", "Terminating"):
+        return f"worker {worker.index} ({worker.name}) was deleted"
+    what = f"exited with code {worker.exit_code}" if worker.exit_code is not None else "failed"
+    if worker.reason:
+        what += f" ({worker.reason})"
+    tail = worker.message.strip()[-MESSAGE_TAIL:]
+    return f"worker {worker.index} ({worker.name}) {what}" + (f": {tail}" if tail else "")
+
+
+def _succeed(draft: _Draft, rank0: Worker) -> None:
+    result = parse_result(rank0.message)
+    status = draft.status
+    if result is not None:
+        status.artifact, status.mlflow = result.get("artifact", status.artifact), result.get("mlflow", status.mlflow)
+        status.progress = result.get("progress", status.progress)
+    where = f": adapter at {status.artifact.uri}" if status.artifact.uri else ""
+    _finish(draft, "Succeeded", "JobSucceeded", f"training finished{where}")
+
+
+def _finish(draft: _Draft, phase: str, reason: str, message: str) -> None:
+    draft.transition(phase, reason, message)
+    draft.status.completion_time = draft.status.completion_time or draft.now
+
+
+def parse_result(message: str) -> dict[str, Any] | None:
+    """The trainer's result JSON from a termination message (the last JSON object line, logs may precede it).
+
+    Shape: `{"artifact": {...}, "mlflow": {...}, "progress": {...}}` in the status' own field names.
+    """
+    for line in reversed(message.strip().splitlines()):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(data, dict):
+            continue
+        parsed: dict[str, Any] = {}
+        for key, model in (("artifact", Artifact), ("mlflow", MlflowRun), ("progress", Progress)):
+            try:
+                if isinstance(data.get(key), dict):
+                    parsed[key] = model.model_validate(data[key])
+            except ValidationError:
+                continue
+        return parsed
+    return None
+
+
+def parse_progress(payload: dict[str, Any]) -> tuple[Progress, MlflowRun | None]:
+    """Rank 0's /progress answer -> status.progress (percent and ETA derived when the trainer leaves them out)."""
+    fields = {k: v for k, v in payload.items() if k in Progress.model_fields or k in _aliases(Progress)}
+    progress = Progress.model_validate(fields)
+    if progress.percent is None and progress.total_steps:
+        progress.percent = round(100.0 * progress.step / progress.total_steps, 1)
+    if progress.eta is None and progress.eta_seconds is not None:
+        progress.eta = format_duration(progress.eta_seconds)
+    mlflow = payload.get("mlflow")
+    return progress, (MlflowRun.model_validate(mlflow) if isinstance(mlflow, dict) else None)
+
+
+def _aliases(model: type[Progress]) -> set[str]:
+    return {f.alias for f in model.model_fields.values() if f.alias}
+
+
+def format_duration(seconds: float) -> str:
+    """4m10s, 1h2m, 12s: what kubectl users expect to read."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def _ttl_expired(ttl: int | None, completion_time: str | None, now: datetime) -> bool:
+    return ttl is not None and completion_time is not None and now >= _parse(completion_time) + timedelta(seconds=ttl)
+
+
+def next_time_check(job: PEFTJob, status: PEFTJobStatus, now: datetime) -> bool:
+    """Whether a time-based transition (deadline or TTL) is due now: timers ask this before any API call."""
+    policy = job.spec.run_policy
+    if status.phase in TERMINAL:
+        return _ttl_expired(policy.ttl_seconds_after_finished, status.completion_time, now)
+    deadline = policy.active_deadline_seconds
+    return bool(deadline and status.start_time and now >= _parse(status.start_time) + timedelta(seconds=deadline))
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
