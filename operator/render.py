@@ -25,6 +25,8 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTAINER = "trainer"
 CONFIG_VOLUME = "config"
 SHM_VOLUME = "dshm"
+# The trainer image's entry point (trainer/__main__.py), rendered explicitly so what runs is visible in the Pod.
+TRAINER_COMMAND = ("python", "-m", "peftjob_trainer")
 
 
 def render_job(job: PEFTJob, settings: OperatorSettings | None = None) -> list[dict[str, Any]]:
@@ -62,7 +64,8 @@ def service_name(job_name: str) -> str:
 def master_address(job: PEFTJob) -> str:
     """Worker 0's stable DNS name (resolvable through the pod's search path in any cluster domain)."""
     name = job.metadata.name
-    return f"{worker_pod_name(name, 0)}.{service_name(name)}.{job.metadata.namespace or 'default'}.svc"
+    address = f"{worker_pod_name(name, 0)}.{service_name(name)}"
+    return f"{address}.{job.metadata.namespace}.svc" if job.metadata.namespace else address
 
 
 def job_labels(job: PEFTJob, component: str) -> dict[str, str]:
@@ -174,7 +177,6 @@ def render_pod(job: PEFTJob, index: int, settings: OperatorSettings) -> dict[str
         "priorityClassName": workers.priority_class_name,
         "serviceAccountName": workers.service_account_name,
         "schedulerName": scheduling.scheduler_name,
-        "priority": scheduling.priority,
     }
     spec.update({key: value for key, value in optional.items() if value is not None})
     return {
@@ -195,7 +197,8 @@ def _container(job: PEFTJob, index: int, settings: OperatorSettings) -> dict[str
         "name": CONTAINER,
         "image": workers.image or settings.trainer_image,
         "imagePullPolicy": workers.image_pull_policy,
-        "command": list(contract.ENTRYPOINT),
+        "command": list(TRAINER_COMMAND),
+        "args": ["--config", contract.CONFIG_PATH],
         "env": env,
         "ports": [
             {"name": "rendezvous", "containerPort": contract.MASTER_PORT},

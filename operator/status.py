@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from peftjob_trainer import contract
 from peftjob_trainer.api import PEFTJob, PEFTJobStatus, worker_pod_name
+from peftjob_trainer.api.spec import RunPolicy
 from peftjob_trainer.api.status import Artifact, Condition, MlflowRun, Progress, WorkerCounts
 
 TERMINAL = ("Succeeded", "Failed")
@@ -299,9 +300,8 @@ def _ttl_expired(ttl: int | None, completion_time: str | None, now: datetime) ->
     return ttl is not None and completion_time is not None and now >= _parse(completion_time) + timedelta(seconds=ttl)
 
 
-def next_time_check(job: PEFTJob, status: PEFTJobStatus, now: datetime) -> bool:
+def time_check_due(policy: RunPolicy, status: PEFTJobStatus, now: datetime) -> bool:
     """Whether a time-based transition (deadline or TTL) is due now: timers ask this before any API call."""
-    policy = job.spec.run_policy
     if status.phase in TERMINAL:
         return _ttl_expired(policy.ttl_seconds_after_finished, status.completion_time, now)
     deadline = policy.active_deadline_seconds

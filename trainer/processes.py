@@ -53,23 +53,19 @@ def supervise(processes: Sequence[subprocess.Popen[bytes]]) -> int:
 
     Ctrl-C (KeyboardInterrupt) stops every process group and is re-raised for the caller to report.
     """
-    codes: dict[int, int] = {}
     try:
-        while len(codes) < len(processes):
-            for index, process in enumerate(processes):
-                if index not in codes and process.poll() is not None:
-                    codes[index] = exit_code(process.returncode)
-                    if codes[index] != EXIT_OK:
-                        stop(processes)
-                        codes.update({i: exit_code(p.returncode) for i, p in enumerate(processes) if i not in codes})
-            if len(codes) < len(processes):
-                time.sleep(POLL_SECONDS)
+        while any(process.poll() is None for process in processes):
+            failed = [exit_code(p.returncode) for p in processes if p.returncode not in (None, EXIT_OK)]
+            if failed:
+                stop(processes)
+                # Failures seen before the stop come first; the ranks we stopped report SIGTERM after them.
+                after = [exit_code(p.returncode) for p in processes]
+                return gang_exit_code(failed + after)
+            time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
         stop(processes)
         raise
-    # The processes stopped by us die of SIGTERM; the gang's code is the first real failure's.
-    first = [code for index, code in sorted(codes.items())]
-    return gang_exit_code(first)
+    return gang_exit_code([exit_code(process.returncode) for process in processes])
 
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:

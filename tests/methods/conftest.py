@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from tiny_models import tiny_batch, tiny_model
+from tests.methods.tiny_models import tiny_batch, tiny_model
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Tiny random-weight models of every supported family, built from small configs with fixed seeds.
 
-Shared by the method tests, the ZeRO-3 worker script and B's prompt-method tests: `tiny_model(family, task)`.
+Shared by the method tests (`from tests.methods.tiny_models import tiny_model`) and the ZeRO-3 worker script.
 Nothing is downloaded. Two layers, hidden 32, so a forward pass takes milliseconds.
 """
 
@@ -20,6 +20,8 @@ IMAGE = 16
 PATCH = 4
 CHANNELS = 3
 LABELS = 3
+
+PAD_IDS = {"bert": 0, "gpt2": 1, "llama": 1}
 
 FAMILY_TASKS = {
     "bert": ("sequence-classification",),
@@ -78,6 +80,7 @@ def tiny_batch(family: str, task: str, batch: int = 4, length: int = 10, seed: i
     input_ids = torch.randint(2, VOCAB, (batch, length), generator=generator)
     attention_mask = torch.ones_like(input_ids)
     attention_mask[-1, length - 3 :] = 0
+    input_ids = input_ids.masked_fill(attention_mask == 0, PAD_IDS[family])
     if task == "causal-lm":
         labels = input_ids.masked_fill(attention_mask == 0, -100)
     else:
@@ -86,3 +89,10 @@ def tiny_batch(family: str, task: str, batch: int = 4, length: int = 10, seed: i
 
 
 FAMILY_TASK_PAIRS = [(family, task) for family, tasks in FAMILY_TASKS.items() for task in tasks]
+
+
+def head_params(family: str, task: str) -> int:
+    """Parameters of the task head: classifier (BERT, ViT) has a bias, score (GPT-2, Llama) none; no head for LM."""
+    if task == "causal-lm":
+        return 0
+    return HIDDEN * LABELS + (LABELS if family in ("bert", "vit") else 0)

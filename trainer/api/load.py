@@ -94,7 +94,24 @@ def format_errors(error: ValidationError, root: type[BaseModel]) -> list[str]:
         elif item["type"] == "missing":
             message = "required field is missing"
         lines.append(f"{path}: {message}" if path else message)
-    return sorted(dict.fromkeys(lines))
+    return sorted(_merge_union_alternatives(dict.fromkeys(lines)))
+
+
+def _merge_union_alternatives(lines: Iterable[str]) -> list[str]:
+    """`x: Input should be a valid integer` + `x: ... valid string` -> `x: Input should be a valid integer or string`."""
+    merged: dict[str, list[str]] = {}
+    out = []
+    prefix = "Input should be a valid "
+    for line in lines:
+        path, _, message = line.partition(": ")
+        if message.startswith(prefix) and "," not in message:
+            if path not in merged:
+                merged[path] = []
+                out.append(path)
+            merged[path].append(message.removeprefix(prefix))
+        else:
+            out.append(line)
+    return [f"{item}: {prefix}{' or '.join(merged[item])}" if item in merged else item for item in out]
 
 
 def _dotted(loc: Iterable[Any]) -> str:

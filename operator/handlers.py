@@ -1,0 +1,275 @@
+"""kopf handlers: thin, idempotent glue between Kubernetes events and the pure render/status functions.
+
+Every reconcile reads the PEFTJob, its ConfigMap and its pods from the API server, asks `status.reconcile`
+what should happen, does it, and writes the status. Nothing is remembered between calls except a per-job lock
+(so that a pod event and a timer of the same job do not act on the same observation twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any
+
+import aiohttp
+import kopf
+
+from peftjob_trainer import contract
+from peftjob_trainer.api import API_GROUP, API_VERSION, PLURAL, InvalidSpec, PEFTJob, PEFTJobStatus, load_object
+from peftjob_trainer.api import Condition, worker_pod_name
+from peftjob_trainer.api.spec import RunPolicy
+
+from . import metrics, render
+from .client import KubeClient, path
+from .settings import OperatorSettings
+from .status import TERMINAL, Decision, parse_progress, reconcile, time_check_due
+
+PEFTJOBS = (API_GROUP, API_VERSION, PLURAL)
+API = f"{API_GROUP}/{API_VERSION}"
+# Spec fields a user may change while the job exists; anything else would make the running gang lie.
+MUTABLE_FIELDS = ("runPolicy.suspend", "runPolicy.activeDeadlineSeconds", "runPolicy.ttlSecondsAfterFinished")
+PROGRESS_TIMEOUT = 2.0
+
+logger = logging.getLogger(__name__)
+
+
+class Memo(kopf.Memo):
+    """What handlers share: settings, the API client, per-job locks and the metrics book (no job state)."""
+
+    def __init__(self, settings: OperatorSettings, connection: kopf.ConnectionInfo | None = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.connection = connection  # fixed credentials (tests); None: in-cluster or kubeconfig
+        self.client = KubeClient()
+        self.locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.phases = metrics.PhaseBook()
+
+
+def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    """All handlers in a fresh registry, so several operators (tests, replicas) never share handlers."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(memo: Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+        info = (
+            memo.connection
+            or kopf.login_with_service_account(**kwargs)
+            or kopf.login_with_kubeconfig(**kwargs)
+        )
+        if info is not None:
+            memo.client.connect(info)
+        return info
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = f"{API_GROUP}/cleanup"
+        settings.posting.level = logging.INFO
+        settings.watching.server_timeout = 300
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(memo: Memo, **_: Any) -> None:
+        await memo.client.close()
+
+    @kopf.on.resume(*PEFTJOBS, registry=registry)
+    @kopf.on.create(*PEFTJOBS, registry=registry)
+    async def admit(name: str, namespace: str, memo: Memo, **_: Any) -> None:
+        await reconcile_job(memo, namespace, name)
+
+    @kopf.on.update(*PEFTJOBS, field="spec", registry=registry)
+    async def spec_changed(old: Any, new: Any, body: kopf.Body, name: str, namespace: str, memo: Memo,
+                           **_: Any) -> None:
+        refused = [field for field in changed_fields(old or {}, new or {}) if field not in MUTABLE_FIELDS]
+        if refused and (body.get("status") or {}).get("phase") not in TERMINAL:
+            kopf.event(body, type="Warning", reason="SpecChangeRefused",
+                       message=f"only {', '.join(MUTABLE_FIELDS)} can change while the job exists; "
+                               f"kept the running configuration for: {', '.join(refused)}")
+        await reconcile_job(memo, namespace, name)
+
+    @kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": render.MANAGER}, registry=registry)
+    async def pod_changed(labels: kopf.Labels, namespace: str, memo: Memo, **_: Any) -> None:
+        job_name = labels.get(render.JOB_LABEL)
+        if job_name:
+            await reconcile_job(memo, namespace, job_name)
+
+    @kopf.timer(*PEFTJOBS, interval=settings.progress_interval, registry=registry)
+    async def tick(body: kopf.Body, name: str, namespace: str, memo: Memo, **_: Any) -> None:
+        phase = (body.get("status") or {}).get("phase")
+        try:
+            policy = RunPolicy.model_validate((body.get("spec") or {}).get("runPolicy") or {})
+        except ValueError:
+            return
+        if time_check_due(policy, _status(body), datetime.now(timezone.utc)):
+            await reconcile_job(memo, namespace, name)
+        elif phase == "Running":
+            await poll_progress(memo, namespace, name)
+
+    @kopf.on.delete(*PEFTJOBS, registry=registry)
+    async def deleted(body: kopf.Body, memo: Memo, **_: Any) -> None:
+        memo.phases.record(body.get("metadata", {}).get("uid", ""), None)
+        await kill_mlflow_run(body, memo.settings)
+
+    return registry
+
+
+async def reconcile_job(memo: Memo, namespace: str, name: str) -> None:
+    """Read, decide, act, write status: safe to call any number of times, from any handler."""
+    client, settings = memo.client, memo.settings
+    async with memo.locks[(namespace, name)]:
+        started = time.perf_counter()
+        body = await client.get(path(API, PLURAL, namespace, name))
+        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            return
+        current = _status(body)
+        job = await _accepted_job(client, body, settings)
+        if isinstance(job, InvalidSpec):
+            await _reject(client, body, current, job)
+            memo.phases.record(body["metadata"].get("uid", ""), "Failed")
+            return
+        pods = await client.list(path("v1", "pods", namespace), f"{render.JOB_LABEL}={name}")
+        decision = reconcile(job, current, pods, datetime.now(timezone.utc))
+        await _carry_out(client, settings, job, decision)
+        if decision.status != current:
+            await client.patch(path(API, PLURAL, namespace, name, "status"), {"status": _dump(decision.status)})
+        for event in decision.events:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        if decision.status.restarts > current.restarts:
+            metrics.RESTARTS.inc(decision.status.restarts - current.restarts)
+        memo.phases.record(body["metadata"].get("uid", ""), decision.status.phase)
+        if decision.delete_job:
+            await client.delete(path(API, PLURAL, namespace, name))
+        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+
+
+async def _carry_out(client: KubeClient, settings: OperatorSettings, job: PEFTJob, decision: Decision) -> None:
+    namespace = job.metadata.namespace
+    await asyncio.gather(*(client.delete(path("v1", "pods", namespace, pod)) for pod in decision.delete_pods))
+    if decision.create_pods:
+        config_map, service, *pods = render.render_job(job, settings)
+        await asyncio.gather(*(client.create(path("v1", _plural(obj), namespace), obj) for obj in (config_map, service)))
+        await asyncio.gather(*(client.create(path("v1", "pods", namespace), pod) for pod in pods))
+
+
+async def _accepted_job(client: KubeClient, body: dict[str, Any], settings: OperatorSettings) -> PEFTJob | InvalidSpec:
+    """What runs: the spec stored in the job's ConfigMap when one exists, with the live (mutable) runPolicy.
+
+    The ConfigMap is written once when the pods are first created, so edits the operator refused never reach
+    a recreated gang, and a later invalid edit cannot fail a job that was accepted.
+    """
+    metadata = body["metadata"]
+    try:
+        live: PEFTJob | InvalidSpec = load_object(_document(body))
+    except InvalidSpec as invalid:
+        live = invalid
+    config_map = await client.get(path("v1", "configmaps", metadata["namespace"], render.config_map_name(metadata["name"])))
+    owners = [ref.get("uid") for ref in (config_map or {}).get("metadata", {}).get("ownerReferences", [])]
+    if config_map is None or metadata.get("uid") not in owners:
+        return live if isinstance(live, InvalidSpec) else render.effective_job(live, settings)
+    accepted = load_object(json.loads(config_map["data"][contract.CONFIG_FILE]))
+    if isinstance(live, PEFTJob):
+        accepted = accepted.model_copy(
+            update={"spec": accepted.spec.model_copy(update={"run_policy": live.spec.run_policy})}
+        )
+    return accepted
+
+
+async def _reject(client: KubeClient, body: dict[str, Any], current: PEFTJobStatus, invalid: InvalidSpec) -> None:
+    """Failed/InvalidSpec once, with every problem (field: reason) in the message and in an Event."""
+    message = "invalid spec: " + "; ".join(invalid.problems)
+    if current.phase == "Failed" and current.message == message:
+        return
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    status = current.model_copy(deep=True)
+    status.phase, status.message, status.completion_time = "Failed", message, status.completion_time or now
+    status.conditions = [c for c in status.conditions if c.type != "Failed"]
+    status.conditions.append(
+        Condition(type="Failed", status="True", reason="InvalidSpec", message=message, last_transition_time=now)
+    )
+    metadata = body["metadata"]
+    await client.patch(path(API, PLURAL, metadata["namespace"], metadata["name"], "status"), {"status": _dump(status)})
+    kopf.event(body, type="Warning", reason="InvalidSpec", message=message)
+
+
+async def poll_progress(memo: Memo, namespace: str, name: str) -> None:
+    """Ask rank 0 for its progress (workers need no API rights: the operator fetches and records it)."""
+    pod = await memo.client.get(path("v1", "pods", namespace, worker_pod_name(name, 0)))
+    ip = ((pod or {}).get("status") or {}).get("podIP")
+    if not ip:
+        return
+    url = f"http://{ip}:{contract.PROGRESS_PORT}{contract.PROGRESS_PATH}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROGRESS_TIMEOUT)) as session:
+            async with session.get(url) as response:
+                payload = await response.json(content_type=None)
+        progress, run = parse_progress(payload)
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, TypeError) as error:
+        logger.debug("progress of %s/%s not available: %s", namespace, name, error)
+        return
+    patch: dict[str, Any] = {"progress": progress.model_dump(mode="json", by_alias=True)}
+    if run is not None:
+        patch["mlflow"] = run.model_dump(mode="json", by_alias=True)
+    async with memo.locks[(namespace, name)]:
+        await memo.client.patch(path(API, PLURAL, namespace, name, "status"), {"status": patch})
+
+
+async def kill_mlflow_run(body: kopf.Body, settings: OperatorSettings) -> None:
+    """Best effort: a job deleted mid-training leaves its MLflow run KILLED rather than RUNNING forever."""
+    status = body.get("status") or {}
+    run_id = (status.get("mlflow") or {}).get("runId")
+    tracking = ((body.get("spec") or {}).get("tracking") or {}).get("mlflowTrackingUri") or settings.mlflow_tracking_uri
+    if status.get("phase") in TERMINAL or not run_id or not tracking or not tracking.startswith("http"):
+        return
+    api = tracking.rstrip("/") + "/api/2.0/mlflow/runs"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            async with session.get(f"{api}/get", params={"run_id": run_id}) as response:
+                run = await response.json(content_type=None)
+            if (run.get("run") or {}).get("info", {}).get("status") != "RUNNING":
+                return
+            update = {"run_id": run_id, "status": "KILLED", "end_time": int(time.time() * 1000)}
+            async with session.post(f"{api}/update", json=update) as response:
+                response.raise_for_status()
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+        logger.warning("could not mark MLflow run %s KILLED: %s", run_id, error)
+        return
+    kopf.info(body, reason="MlflowRunKilled", message=f"MLflow run {run_id} marked KILLED")
+
+
+def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the leaves that differ between two spec dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        fields: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            fields += changed_fields(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
+        return fields
+    return [] if old == new else [prefix]
+
+
+def _document(body: Any) -> dict[str, Any]:
+    """The user's part of the body (kopf's bookkeeping in annotations and status is not the user's spec)."""
+    metadata = body.get("metadata") or {}
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {key: metadata.get(key) for key in ("name", "namespace", "uid") if metadata.get(key)},
+        "spec": body.get("spec"),
+    }
+
+
+def _status(body: Any) -> PEFTJobStatus:
+    """The operator's own status fields (kopf keeps its progress under status too)."""
+    raw = dict(body.get("status") or {})
+    known = {field.alias or name for name, field in PEFTJobStatus.model_fields.items()} | set(PEFTJobStatus.model_fields)
+    return PEFTJobStatus.model_validate({key: value for key, value in raw.items() if key in known})
+
+
+def _dump(status: PEFTJobStatus) -> dict[str, Any]:
+    """Full status with nulls, so a merge patch also clears fields that went away (e.g. startTime on suspend)."""
+    return status.model_dump(mode="json", by_alias=True)
+
+
+def _plural(obj: dict[str, Any]) -> str:
+    return {"ConfigMap": "configmaps", "Service": "services", "Pod": "pods"}[obj["kind"]]

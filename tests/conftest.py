@@ -1,0 +1,115 @@
+"""Session-wide real servers on loopback, shared by the trainer and e2e tests: an MLflow tracking server
+(sqlite backend) and a moto S3 server. Both bind 127.0.0.1 on a free port and stop at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SERVER_START_SECONDS = 90
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], seconds: float) -> None:
+    """Wait until `url` answers 200 (the server is ready) or the server process dies."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer within {seconds} s")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a real `mlflow server` with a sqlite backend store."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    command = [
+        str(Path(sys.executable).with_name("mlflow")), "server",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--default-artifact-root", str(root / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]
+    log = (root / "server.log").open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", process, SERVER_START_SECONDS)
+        yield url
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)
+        log.close()
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A moto S3 endpoint and the environment a client (or a trainer process) needs to reach it."""
+
+    endpoint: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def client(self):  # noqa: ANN201 (a boto3 client)
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+        )
+
+    def bucket(self, name: str) -> str:
+        """Create bucket `name` (if missing) and return its s3:// URI."""
+        client = self.client()
+        if name not in [bucket["Name"] for bucket in client.list_buckets().get("Buckets", [])]:
+            client.create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real moto S3 server (ThreadedMotoServer) on 127.0.0.1."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield S3Server(f"http://{host}:{port}")
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """Credentials for the moto server in this process's environment (for in-process boto3 clients)."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server

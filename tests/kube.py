@@ -1,0 +1,336 @@
+"""A Kubernetes API for tests: KMock's emulator with the server behaviour peftjob relies on, plus a fixture-ready
+real kopf operator running against it.
+
+KMock (by kopf's author) stores objects and serves list/watch/get/create/patch/delete over real HTTP. What it
+lacks, and what this harness adds explicitly (each is real API-server behaviour the operator depends on):
+
+1. server-populated metadata on create: uid, creationTimestamp, generation, resourceVersion (owner references
+   need the owner's uid);
+2. `labelSelector` filtering on list and watch (the operator lists a job's pods by label; kopf watches pods by
+   label);
+3. list responses with `kind: <Kind>List` and `apiVersion` (kubectl refuses lists without them);
+4. ownerReference garbage collection: when an object is deleted, every object whose owners are all gone is
+   deleted too (or marked for deletion if it has finalizers), transitively;
+5. every resource kopf and the operator touch is declared with its kind, verbs and subresources.
+
+Use:  with EmulatorServer() as api: ... OperatorThread(api.url, settings) ... api.create(...); wait_for(...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import attrs
+import kmock
+import kopf
+import requests
+
+from peftjob_operator.handlers import Memo, build_registry
+from peftjob_operator.settings import OperatorSettings
+from peftjob_trainer.api import API_GROUP, API_VERSION, KIND, PLURAL
+
+T = TypeVar("T")
+
+RESOURCES: dict[str, dict[str, Any]] = {
+    f"{API_GROUP}/{API_VERSION}/{PLURAL}": dict(
+        kind=KIND, singular=KIND.lower(), shortnames={"pj"}, namespaced=True, subresources={"status"},
+        categories={"all", "ml", "peft"},
+    ),
+    "v1/pods": dict(kind="Pod", singular="pod", namespaced=True, subresources={"status", "log"}),
+    "v1/services": dict(kind="Service", singular="service", namespaced=True),
+    "v1/configmaps": dict(kind="ConfigMap", singular="configmap", namespaced=True),
+    "v1/secrets": dict(kind="Secret", singular="secret", namespaced=True),
+    "v1/events": dict(kind="Event", singular="event", namespaced=True),
+    "events.k8s.io/v1/events": dict(kind="Event", singular="event", namespaced=True),
+    "v1/namespaces": dict(kind="Namespace", singular="namespace", namespaced=False),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": dict(
+        kind="CustomResourceDefinition", singular="customresourcedefinition", namespaced=False
+    ),
+    "kopf.dev/v1/kopfpeerings": dict(kind="KopfPeering", singular="kopfpeering", namespaced=True),
+    "kopf.dev/v1/clusterkopfpeerings": dict(kind="ClusterKopfPeering", singular="clusterkopfpeering", namespaced=False),
+}
+VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
+
+
+@attrs.define(kw_only=True)
+class Emulator(kmock.KubernetesEmulator):
+    """KubernetesEmulator + the API-server behaviour listed in this module's docstring."""
+
+    _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        for key, info in RESOURCES.items():
+            self.resources[key] = kmock.ResourceInfo(verbs=VERBS, **info)
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        if request.resource is not None and request.action == kmock.action.CREATE and isinstance(request.data, dict):
+            metadata = request.data.setdefault("metadata", {})
+            if not metadata.get("name") and metadata.get("generateName"):
+                metadata["name"] = metadata["generateName"] + uuid.uuid4().hex[:5]
+            metadata.setdefault("uid", str(uuid.uuid4()))
+            metadata.setdefault("creationTimestamp", _now())
+            metadata.setdefault("generation", 1)
+            metadata["resourceVersion"] = str(next(self._versions))
+            if request.namespace and "namespace" not in metadata:
+                metadata["namespace"] = request.namespace
+        response = await super()._handle(request)
+        if request.resource is not None and request.name and request.action in (kmock.action.DELETE, kmock.action.UPDATE):
+            key = (request.resource, request.namespace, request.name)
+            if key not in self._objects or self._objects[key].deleted:  # gone now: its dependents follow
+                await self._collect_garbage()
+        return response
+
+    async def _collect_garbage(self) -> None:
+        """Delete objects whose owners are all gone, until nothing more goes (dependents of dependents)."""
+        while True:
+            deleted = 0
+            async with self._lock:
+                live = {obj.raw.get("metadata", {}).get("uid") for obj in self._objects.values() if not obj.deleted}
+                orphans = [
+                    (key, obj)
+                    for key, obj in self._objects.items()
+                    if not obj.deleted
+                    and (owners := obj.raw.get("metadata", {}).get("ownerReferences"))
+                    and not any(owner.get("uid") in live for owner in owners)
+                ]
+                for (resource, _, _), obj in orphans:
+                    if obj.raw.get("metadata", {}).get("finalizers"):
+                        if not obj.raw["metadata"].get("deletionTimestamp"):
+                            obj.patch({"metadata": {"deletionTimestamp": _now()}})
+                            await self._buses[resource].put({"type": "MODIFIED", "object": obj.raw})
+                        continue
+                    raw = obj.raw
+                    obj.delete()
+                    deleted += 1
+                    await self._buses[resource].put({"type": "DELETED", "object": raw})
+            if not deleted:
+                return
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        listing = await super()._serve_list(request)
+        selector = request.params.get("labelSelector")
+        if selector:
+            listing["items"] = [item for item in listing["items"] if matches(selector, _labels(item))]
+        info = self.resources[request.resource] if request.resource in self.resources else None
+        kind = info.kind if info is not None and info.kind else "List"
+        group, version = request.resource.group, request.resource.version
+        listing["kind"] = f"{kind}List"
+        listing["apiVersion"] = f"{group}/{version}" if group else version
+        return listing
+
+    async def _serve_watch(self, request: kmock.Request) -> Any:
+        selector = request.params.get("labelSelector")
+        async for event in super()._serve_watch(request):
+            if not selector or not isinstance(event, dict) or matches(selector, _labels(event.get("object", {}))):
+                yield event
+
+
+def matches(selector: str, labels: dict[str, str]) -> bool:
+    """Kubernetes label selector semantics: `k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`."""
+    for requirement in _split(selector):
+        requirement = requirement.strip()
+        if " notin " in requirement:
+            key, values = requirement.split(" notin ", 1)
+            if labels.get(key.strip()) in _values(values):
+                return False
+        elif " in " in requirement:
+            key, values = requirement.split(" in ", 1)
+            if labels.get(key.strip()) not in _values(values):
+                return False
+        elif "!=" in requirement:
+            key, value = requirement.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in requirement:
+            key, value = requirement.replace("==", "=").split("=", 1)
+            if labels.get(key.strip()) != value.strip():
+                return False
+        elif requirement.startswith("!"):
+            if requirement[1:].strip() in labels:
+                return False
+        elif requirement and requirement not in labels:
+            return False
+    return True
+
+
+def _split(selector: str) -> list[str]:
+    """Split on commas outside parentheses."""
+    parts, depth, current = [], 0, ""
+    for char in selector:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return parts + [current]
+
+
+def _values(text: str) -> set[str]:
+    return {value.strip() for value in text.strip().strip("()").split(",")}
+
+
+def _labels(obj: dict[str, Any]) -> dict[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ------------------------------------------------------------------------------------------ running it
+
+
+class _LoopThread:
+    """An asyncio loop in a daemon thread, for servers that must outlive one synchronous test call."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class EmulatorServer:
+    """The emulator on a free loopback port, in its own thread, with a small synchronous REST client."""
+
+    def __init__(self, emulator: Emulator | None = None) -> None:
+        self._thread = _LoopThread("kmock")
+        self.emulator = emulator if emulator is not None else Emulator()
+        self._server = kmock.Server(self.emulator)
+        self._thread.run(self.emulator.__aenter__())
+        self._thread.run(self._server.__aenter__())
+        self.url = str(self._server.url).rstrip("/")
+        self.http = requests.Session()
+
+    def close(self) -> None:
+        self.http.close()
+        self._thread.run(self._server.__aexit__(None, None, None))
+        self._thread.run(self.emulator.__aexit__(None, None, None))
+        self._thread.stop()
+
+    def __enter__(self) -> EmulatorServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # A synchronous client for tests: plain dicts, paths as the API server spells them.
+    def request(self, method: str, url_path: str, body: Any = None, **params: str) -> Any:
+        headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
+        response = self.http.request(method, self.url + url_path, json=body, params=params, headers=headers, timeout=10)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.json()
+
+    def get(self, url_path: str) -> Any:
+        return self.request("GET", url_path)
+
+    def list(self, url_path: str, label_selector: str = "") -> list[dict[str, Any]]:
+        params = {"labelSelector": label_selector} if label_selector else {}
+        return (self.request("GET", url_path, **params) or {}).get("items", [])
+
+    def create(self, url_path: str, body: dict[str, Any]) -> Any:
+        return self.request("POST", url_path, body)
+
+    def patch(self, url_path: str, body: dict[str, Any]) -> Any:
+        return self.request("PATCH", url_path, body)
+
+    def delete(self, url_path: str) -> Any:
+        return self.request("DELETE", url_path)
+
+
+def test_kopf_settings() -> kopf.OperatorSettings:
+    """Fast reactions for tests: standalone (no peering), short batching windows."""
+    settings = kopf.OperatorSettings()
+    settings.peering.standalone = True
+    settings.batching.batch_window = 0.01
+    settings.batching.idle_timeout = 1.0
+    settings.watching.reconnect_backoff = 0.1
+    settings.posting.level = 20
+    return settings
+
+
+test_kopf_settings.__test__ = False  # a factory, not a test
+
+
+class OperatorThread:
+    """The real peftjob operator (kopf.operator with the project's registry) in its own thread and loop."""
+
+    def __init__(self, url: str, settings: OperatorSettings, ready_timeout: float = 30) -> None:
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self.memo = Memo(settings, kopf.ConnectionInfo(server=url, insecure=True))
+        self._registry = build_registry(settings)
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, name="peftjob-operator", daemon=True)
+        self.thread.start()
+        if not self._ready.wait(ready_timeout):
+            self.stop()
+            raise RuntimeError(f"the operator did not become ready in {ready_timeout} s: {self._error!r}")
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(
+                kopf.operator(
+                    registry=self._registry,
+                    settings=test_kopf_settings(),
+                    memo=self.memo,
+                    standalone=True,
+                    clusterwide=True,
+                    stop_flag=self._stop,
+                    ready_flag=self._ready,
+                )
+            )
+        except BaseException as error:  # surfaced by stop() / the ready timeout
+            self._error = error
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(30)
+        if self.thread.is_alive():
+            raise RuntimeError("the operator did not stop in 30 s")
+
+    def __enter__(self) -> OperatorThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextmanager
+def running_operator(url: str, settings: OperatorSettings) -> Iterator[OperatorThread]:
+    operator = OperatorThread(url, settings)
+    try:
+        yield operator
+    finally:
+        operator.stop()
+
+
+def wait_for(probe: Callable[[], T], timeout: float = 15, interval: float = 0.05, what: str = "condition") -> T:
+    """Poll `probe` until it returns something truthy; fail with the last value seen after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    value = probe()
+    while not value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {value!r}")
+        time.sleep(interval)
+        value = probe()
+    return value

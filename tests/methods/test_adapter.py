@@ -1,0 +1,91 @@
+"""Houlsby adapters: near identity at init, adapters + LayerNorms + head train, closed-form counts, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from peftjob_trainer.api.spec import MethodSpec
+from peftjob_trainer.methods import build_method, parameter_counts
+from peftjob_trainer.methods.adapter import WithAdapter
+from tests.methods.method_checks import changed, fresh_base, logits, snapshot, train_step, trainable_names
+from tests.methods.tiny_models import FAMILY_TASK_PAIRS, HIDDEN, LAYERS, head_params, tiny_batch, tiny_model
+
+M = 8
+# Norm modules and their parameter count per family: BERT/ViT LayerNorm has weight+bias, Llama's RMSNorm weight only.
+NORM_PARAMS = {
+    "bert": (1 + 2 * LAYERS) * 2 * HIDDEN,  # embeddings + two per block
+    "vit": (2 * LAYERS + 1) * 2 * HIDDEN,  # two per block + final
+    "gpt2": (2 * LAYERS + 1) * 2 * HIDDEN,  # ln_1, ln_2 per block + ln_f
+    "llama": (2 * LAYERS + 1) * HIDDEN,  # two RMSNorms per block + final
+}
+ADAPTER_SITES = {
+    "bert": {"attention.output.dense", "output.dense"},
+    "vit": {"attention.o_proj", "mlp.fc2"},
+    "gpt2": {"attn.c_proj", "mlp.c_proj"},
+    "llama": {"self_attn.o_proj", "mlp.down_proj"},
+}
+
+
+def adapter(task: str, **fields) -> object:
+    return build_method(MethodSpec.model_validate({"adapter": {"bottleneckSize": M, **fields}}), task)
+
+
+@pytest.mark.parametrize(("family", "task"), FAMILY_TASK_PAIRS)
+def test_attached_adapters_are_near_identity(family, task):
+    batch = tiny_batch(family, task)
+    base = logits(tiny_model(family, task), batch)
+    ours = logits(adapter(task).attach(tiny_model(family, task)), batch)
+    assert not torch.equal(ours, base)  # the adapters are really in the forward path
+    assert torch.allclose(ours, base, atol=1e-3)
+
+
+@pytest.mark.parametrize(("family", "task"), FAMILY_TASK_PAIRS)
+def test_two_adapters_per_block_after_attention_and_ffn_output(family, task):
+    model = adapter(task).attach(tiny_model(family, task))
+    sites = {name for name, module in model.named_modules() if isinstance(module, WithAdapter)}
+    assert len(sites) == 2 * LAYERS
+    assert {suffix for suffix in ADAPTER_SITES[family] if any(name.endswith(suffix) for name in sites)} == (
+        ADAPTER_SITES[family]
+    )
+
+
+@pytest.mark.parametrize(("family", "task"), FAMILY_TASK_PAIRS)
+def test_trainable_count_follows_the_per_layer_formula(family, task):
+    model = adapter(task).attach(tiny_model(family, task))
+    per_adapter = HIDDEN * M + M + M * HIDDEN + HIDDEN
+    trainable, total = parameter_counts(model)
+    assert trainable == LAYERS * 2 * per_adapter + NORM_PARAMS[family] + head_params(family, task)
+    assert total == sum(p.numel() for p in tiny_model(family, task).parameters()) + LAYERS * 2 * per_adapter
+
+
+def test_layer_norms_and_head_follow_the_spec():
+    model = adapter("sequence-classification", trainLayerNorms=False, trainHead=False).attach(
+        tiny_model("bert", "sequence-classification")
+    )
+    assert parameter_counts(model)[0] == LAYERS * 2 * (2 * HIDDEN * M + M + HIDDEN)
+    assert all(".adapter." in name for name in trainable_names(model))
+
+
+@pytest.mark.parametrize(("family", "task"), FAMILY_TASK_PAIRS)
+def test_a_step_changes_only_adapters_norms_and_head(family, task):
+    model = adapter(task).attach(tiny_model(family, task))
+    before = snapshot(model)
+    train_step(model, tiny_batch(family, task))
+    moved = changed(model, before)
+    assert moved <= trainable_names(model)
+    assert any(".adapter.up." in name for name in moved)
+
+
+@pytest.mark.parametrize(("family", "task"), FAMILY_TASK_PAIRS)
+def test_save_then_load_into_fresh_base_gives_same_logits(family, task, tmp_path):
+    method = adapter(task)
+    model = method.attach(tiny_model(family, task))
+    train_step(model, tiny_batch(family, task), steps=3)
+    files = method.save(model, tmp_path)
+    assert {path.name for path in files} == {"peftjob_method.json", "trainable.safetensors"}
+    fresh_method = adapter(task)
+    fresh = fresh_method.attach(fresh_base(family, task))
+    fresh_method.load(fresh, tmp_path)
+    batch = tiny_batch(family, task)
+    assert torch.equal(logits(fresh, batch), logits(model, batch))

@@ -1,0 +1,56 @@
+"""The registry and the family table: every spec method has a class; unsupported pairs are refused by name."""
+
+from __future__ import annotations
+
+import pytest
+import transformers
+
+from peftjob_trainer.api.spec import METHOD_NAMES, MethodSpec
+from peftjob_trainer.methods import REGISTRY, build_method, method_class
+from peftjob_trainer.methods.families import UnsupportedModel, dims, family_of
+from tests.methods.tiny_models import HEADS, HIDDEN, KV_HEADS, LAYERS, tiny_model
+
+
+def test_every_spec_method_is_registered():
+    assert set(REGISTRY) == set(METHOD_NAMES)
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_each_registered_class_answers_to_its_spec_name(name):
+    assert method_class(name).spec_name == name
+
+
+@pytest.mark.parametrize(("spec", "cls"), [({"lora": {}}, "Lora"), ({"adapter": {}}, "Adapter"), ({"vpt": {}}, "Vpt")])
+def test_build_method_binds_config_and_task(spec, cls):
+    method = build_method(MethodSpec.model_validate(spec), "image-classification")
+    assert type(method).__name__ == cls
+    assert method.task == "image-classification"
+    assert method.config == MethodSpec.model_validate(spec).config
+
+
+@pytest.mark.parametrize(
+    ("model_type", "family"),
+    [("bert", "bert"), ("roberta", "bert"), ("distilbert", "distilbert"), ("gpt2", "gpt2"), ("llama", "llama"),
+     ("qwen2", "llama"), ("mistral", "llama"), ("vit", "vit")],
+)
+def test_families_come_from_model_type(model_type, family):
+    assert family_of(transformers.AutoConfig.for_model(model_type)).name == family
+
+
+def test_an_unknown_model_type_is_refused_by_name():
+    with pytest.raises(UnsupportedModel, match="model_type 't5' is not supported"):
+        family_of(transformers.AutoConfig.for_model("t5"), "lora")
+
+
+@pytest.mark.parametrize(("family", "task", "method"), [("vit", "image-classification", "promptTuning"),
+                                                        ("gpt2", "causal-lm", "vpt")])
+def test_an_unsupported_pair_names_model_type_and_method(family, task, method):
+    with pytest.raises(UnsupportedModel, match=f"method {method} is not supported on model_type '{family}'"):
+        family_of(tiny_model(family, task), method)
+
+
+def test_dims_are_read_from_the_config_with_grouped_query_attention():
+    sizes = dims(tiny_model("llama", "causal-lm"))
+    assert (sizes.hidden_size, sizes.num_layers, sizes.num_attention_heads) == (HIDDEN, LAYERS, HEADS)
+    assert (sizes.num_key_value_heads, sizes.head_dim) == (KV_HEADS, HIDDEN // HEADS)
+    assert dims(tiny_model("gpt2", "causal-lm")).num_key_value_heads == HEADS

@@ -1,0 +1,120 @@
+"""Prefix-Tuning: only the prefix encoder (and head) trains, closed-form counts, save/load, generation, KV cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tests.methods.method_checks import changed, logits, snapshot, train_step, trainable_names
+from tests.methods.tiny_models import HEADS, HIDDEN, KV_HEADS, LABELS, LAYERS, tiny_batch, tiny_model
+
+from peftjob_trainer.api.spec import MethodSpec
+from peftjob_trainer.methods import build_method, parameter_counts
+
+TOKENS = 3
+WIDTH = 16
+CASES = [("gpt2", "causal-lm"), ("llama", "causal-lm"), ("bert", "sequence-classification")]
+PROJECTION = [True, False]
+
+
+def prefix_tuning(task: str, **fields):
+    spec = {"prefixTuning": {"numVirtualTokens": TOKENS, "projectionHiddenSize": WIDTH, **fields}}
+    return build_method(MethodSpec.model_validate(spec), task)
+
+
+def head_params(family: str, task: str) -> int:
+    return 0 if task == "causal-lm" else HIDDEN * LABELS + (LABELS if family == "bert" else 0)
+
+
+def prefix_params(family: str, projection: bool) -> int:
+    """Keys and values for every layer, sized by key/value heads (Llama: GQA, 2 of 4 heads)."""
+    kv_width = (KV_HEADS if family == "llama" else HEADS) * (HIDDEN // HEADS)
+    out = LAYERS * 2 * kv_width
+    if not projection:
+        return TOKENS * out
+    return TOKENS * HIDDEN + (HIDDEN * WIDTH + WIDTH) + (WIDTH * out + out)
+
+
+def fresh_base(family: str, task: str) -> torch.nn.Module:
+    model = tiny_model(family, task)
+    for name in ("classifier", "score"):
+        if hasattr(model, name):
+            torch.nn.init.normal_(getattr(model, name).weight, std=1.0)
+    return model
+
+
+@pytest.mark.parametrize("projection", PROJECTION)
+@pytest.mark.parametrize(("family", "task"), CASES)
+def test_a_step_changes_only_the_prefix_encoder_and_head(family, task, projection):
+    model = prefix_tuning(task, projection=projection).attach(tiny_model(family, task))
+    before = snapshot(model)
+    train_step(model, tiny_batch(family, task))
+    moved = changed(model, before)
+    assert moved == trainable_names(model)
+    assert all(name.startswith(("prefix_encoder.", "classifier.")) for name in moved)
+
+
+@pytest.mark.parametrize("projection", PROJECTION)
+@pytest.mark.parametrize(("family", "task"), CASES)
+def test_counts_match_the_prefix_formula(family, task, projection):
+    base_total = sum(p.numel() for p in tiny_model(family, task).parameters())
+    trainable, total = parameter_counts(prefix_tuning(task, projection=projection).attach(tiny_model(family, task)))
+    assert trainable == prefix_params(family, projection) + head_params(family, task)
+    assert total == base_total + prefix_params(family, projection)
+
+
+@pytest.mark.parametrize("projection", PROJECTION)
+@pytest.mark.parametrize(("family", "task"), CASES)
+def test_save_then_load_into_a_fresh_base_gives_the_same_logits(family, task, projection, tmp_path):
+    model = (method := prefix_tuning(task, projection=projection)).attach(tiny_model(family, task))
+    train_step(model, tiny_batch(family, task), steps=2)
+    method.save(model, tmp_path)
+    again = prefix_tuning(task, projection=projection)
+    reloaded = again.attach(fresh_base(family, task))
+    assert not torch.equal(logits(reloaded, tiny_batch(family, task)), logits(model, tiny_batch(family, task)))
+    again.load(reloaded, tmp_path)
+    assert torch.equal(logits(reloaded, tiny_batch(family, task)), logits(model, tiny_batch(family, task)))
+
+
+@pytest.mark.parametrize(("family", "task"), CASES)
+def test_the_prefix_changes_what_attention_sees(family, task):
+    base = logits(tiny_model(family, task), tiny_batch(family, task))
+    model = prefix_tuning(task).attach(tiny_model(family, task))
+    assert not torch.allclose(logits(model, tiny_batch(family, task)), base, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_greedy_generation_follows_the_forward_pass(family):
+    model = prefix_tuning("causal-lm").attach(tiny_model(family, "causal-lm"))
+    train_step(model, tiny_batch(family, "causal-lm"), steps=2)
+    input_ids = tiny_batch(family, "causal-lm")["input_ids"][:2]
+    generated = model.generate(input_ids=input_ids, max_new_tokens=5, do_sample=False, pad_token_id=1)
+    sequence = input_ids
+    for _ in range(5):
+        sequence = torch.cat([sequence, logits(model, {"input_ids": sequence})[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(generated, sequence)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_the_kv_cache_never_holds_the_prefix(family):
+    model = prefix_tuning("causal-lm").attach(tiny_model(family, "causal-lm"))
+    input_ids = tiny_batch(family, "causal-lm")["input_ids"][:1]
+    with torch.no_grad():
+        cache = model(input_ids=input_ids[:, :6], use_cache=True).past_key_values
+        assert cache.get_seq_length() == 6
+        step = model(input_ids=input_ids[:, 6:7], past_key_values=cache, use_cache=True)
+        assert cache.get_seq_length() == 7
+        whole = model(input_ids=input_ids[:, :7]).logits
+    assert torch.allclose(step.logits[:, -1], whole[:, -1], atol=1e-5)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    batch = tiny_batch("llama", "causal-lm")
+    grads = []
+    for checkpointing in (False, True):
+        model = prefix_tuning("causal-lm").attach(tiny_model("llama", "causal-lm"))
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model.train()
+        model(**batch).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)

@@ -1,0 +1,83 @@
+"""`peftjob run FILE`: the PEFTJob on this machine, as the pods would run it.
+
+No torch here: this process only starts `workers.replicas` launchers (`python -m peftjob_trainer`), each
+with exactly the environment the operator renders into a pod (`contract.worker_environment`), rendezvous
+on 127.0.0.1 and a free port. Tracking defaults to an embedded sqlite MLflow store in the working directory,
+output to a local folder. Ctrl-C stops every rank; running again resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+from . import processes
+from .api import InvalidSpec, load_file
+from .contract import EXIT_INVALID_SPEC, EXIT_OK, worker_environment
+from .storage import S3_PREFIX
+
+STATE_DIR = ".peftjob"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def main(path: str) -> int:
+    """Run the PEFTJob in `path` locally; returns the gang's exit code (the contract's)."""
+    try:
+        job = load_file(path)
+    except InvalidSpec as invalid:
+        print(f"{path}: invalid", file=sys.stderr)
+        for problem in invalid.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_INVALID_SPEC
+    spec, name = job.spec, job.metadata.name
+    state = Path.cwd() / STATE_DIR / name
+    state.mkdir(parents=True, exist_ok=True)
+    config = state / "config.json"
+    config.write_text(json.dumps(job.model_dump(mode="json", by_alias=True, exclude_none=True), indent=1))
+    result_file = state / "result.json"
+    result_file.unlink(missing_ok=True)
+    tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    port = free_port()
+    launchers = []
+    for node_rank in range(spec.workers.replicas):
+        env = {
+            **os.environ,
+            **{var.name: var.value for var in spec.workers.env if var.value is not None},
+            **worker_environment(
+                job, node_rank, "127.0.0.1", port,
+                config_path=str(config), result_file=str(result_file), tracking_uri=tracking,
+            ),
+        }
+        launchers.append(processes.start([sys.executable, "-m", "peftjob_trainer"], env))
+    world = spec.workers.world_size
+    print(f"peftjob: {name}: {spec.workers.replicas} worker(s) x {spec.workers.processes_per_worker} rank(s) = {world}")
+    try:
+        code = processes.supervise(launchers)
+    except KeyboardInterrupt:
+        print(f"\npeftjob: stopped all ranks; run again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    summarise(result_file, spec.output.uri, spec.tracking.mlflow_tracking_uri or tracking, code)
+    return code
+
+
+def summarise(result_file: Path, output_uri: str, tracking: str, code: int) -> None:
+    """Where the adapter and the MLflow run are, and how to look at them."""
+    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    if code != EXIT_OK:
+        print(f"peftjob: failed with exit code {code}: {result.get('error', 'see the log above')}", file=sys.stderr)
+        return
+    print(f"peftjob: adapter: {result.get('artifactUri')} (sha256 {result.get('sha256')}, {result.get('bytes')} bytes)")
+    print(f"peftjob: metrics: {json.dumps(result.get('metrics', {}))}")
+    print(f"peftjob: MLflow run {result.get('mlflowRunId')} in {tracking}")
+    if tracking.startswith("sqlite:"):
+        print(f"peftjob: open the UI with: mlflow ui --backend-store-uri {tracking}")
+    if not output_uri.startswith(S3_PREFIX):
+        print(f"peftjob: output folder: {Path(output_uri).resolve()}")

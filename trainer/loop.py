@@ -1,0 +1,225 @@
+"""The training loop, top to bottom: join the gang, load the frozen backbone (sharded under ZeRO-3), attach
+the PEFT method, resume from the latest complete checkpoint, train with evaluation and checkpoints, publish
+the adapter. Distributed details live in helpers with obvious names.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from . import checkpoint, distributed
+from .api.spec import PEFTJob, PEFTJobSpec
+from .contract import ENV_PROGRESS_PORT, PROGRESS_PORT
+from .data import Sharding, check_size, collate, encode, eval_batches, fetcher, read_records, total_steps
+from .deepspeed_config import deepspeed_config
+from .distributed import Rank
+from .model_loading import load_backbone
+from .progress import Progress
+from .schedule import lr_scheduler
+from .storage import open_storage
+from .tracking import Tracker
+
+log = logging.getLogger("peftjob")
+
+
+def train(job: PEFTJob) -> dict[str, Any]:
+    """Run the job on this rank; returns the result (complete on rank 0)."""
+    spec, name = job.spec, job.metadata.name
+    training = spec.training
+    rank = distributed.init()
+    seed_everything(training.seed)
+    ds_config = deepspeed_config(spec)
+    storage = open_storage(spec.output.uri, spec.output.s3_endpoint_url)
+    scratch = Path(tempfile.mkdtemp(prefix="peftjob-"))
+
+    # Data first: a bad file fails in seconds, before the backbone loads.
+    fetch = fetcher(scratch / "data", spec.output.s3_endpoint_url)
+    train_records = read_records(spec.data.train, fetch)
+    eval_records = read_records(spec.data.eval, fetch) if spec.data.eval else []
+    backbone = load_backbone(spec, ds_config)
+    train_set = encode(train_records, spec, backbone.tokenizer, backbone.processor)
+    eval_set = encode(eval_records, spec, backbone.tokenizer, backbone.processor)
+    pad_id = backbone.tokenizer.pad_token_id if backbone.tokenizer is not None else 0
+
+    from .methods import build_method, parameter_counts
+
+    method = build_method(spec.method, spec.model.task)
+    seed_everything(training.seed)  # the method's fresh parameters are the same on every rank
+    model = method.attach(backbone.model)
+    trainable_params, total_params = parameter_counts(model)
+
+    sharding = Sharding(len(train_set), training.micro_batch_size, rank.world_size, training.seed)
+    check_size(sharding, spec.data.train.source)
+    steps = total_steps(spec, sharding)
+    import deepspeed
+
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model,
+        model_parameters=[param for param in model.parameters() if param.requires_grad],
+        config=ds_config,
+        lr_scheduler=lambda optimizer: lr_scheduler(optimizer, training, steps),
+    )
+
+    tracker = Tracker(job, enabled=rank.is_main)
+    progress = Progress(steps)
+    if rank.is_main:
+        progress.serve(int(os.environ.get(ENV_PROGRESS_PORT, PROGRESS_PORT) or 0))
+
+    step = position = 0
+    resumed_from = None
+    found = checkpoint.fetch_latest(storage, name, scratch / "resume")
+    if found:
+        tag, _ = found
+        state = checkpoint.restore(engine, scratch / "resume", tag, rank)
+        step, position, resumed_from = state["step"], state["position"], state["step"]
+        log.info("resumed from checkpoint %s (step %d)", tag, step)
+    elif eval_set:
+        metrics = evaluate(engine, eval_set, spec, rank, pad_id)
+        report(rank, tracker, metrics, 0, f"step 0/{steps} (before training)")
+
+    bar = tqdm(total=steps, initial=step, disable=not (rank.is_main and sys.stderr.isatty()), unit="step")
+    window = {"time": time.perf_counter(), "samples": 0.0, "tokens": 0.0, "loss": 0.0, "micro": 0}
+    metrics: dict[str, float] = {}
+    while step < steps:
+        for _ in range(training.gradient_accumulation_steps):
+            batch = collate([train_set[i] for i in sharding.indices(position, rank.rank)], pad_id)
+            position += 1
+            batch = {key: value.to(rank.device) for key, value in batch.items()}
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            engine.step()  # DeepSpeed steps the optimizer and scheduler at the accumulation boundary
+            window["loss"] += loss.item()
+            window["micro"] += 1
+            window["samples"] += len(batch["labels"])
+            window["tokens"] += float(batch["attention_mask"].sum()) if "attention_mask" in batch else 0.0
+        step += 1
+        bar.update(1)
+        if step % training.log_interval == 0 or step == steps:
+            metrics = step_metrics(window, engine, scheduler)
+            report(rank, tracker, metrics, step, f"step {step}/{steps}", bar)
+            progress.update(
+                step=step, loss=metrics["loss"], throughput=metrics["samples_per_second"],
+                etaSeconds=round((steps - step) * metrics["seconds_per_step"], 1),
+            )
+            window = {"time": time.perf_counter(), "samples": 0.0, "tokens": 0.0, "loss": 0.0, "micro": 0}
+        if training.eval_interval and step % training.eval_interval == 0 and step < steps and eval_set:
+            report(rank, tracker, evaluate(engine, eval_set, spec, rank, pad_id), step, f"step {step}/{steps}", bar)
+        if training.checkpoint_interval and step % training.checkpoint_interval == 0 and step < steps:
+            checkpoint.save(engine, storage, name, step, position, rank, training.checkpoints_kept)
+    bar.close()
+
+    final = evaluate(engine, eval_set, spec, rank, pad_id) if eval_set else {}
+    report(rank, tracker, final, steps, f"step {steps}/{steps} (final)")
+    frozen = distributed.gather_objects(frozen_bytes(engine.module))
+    adapter_dir = scratch / "adapter"
+    method.save(engine.module, adapter_dir)  # every rank: gathering ZeRO-3 partitions is a collective
+    result: dict[str, Any] = {}
+    if rank.is_main:
+        result = checkpoint.publish_adapter(storage, name, adapter_dir)
+        tracker.log_artifacts(adapter_dir, "adapter")
+        tracker.log_spec()
+        tracker.finish()
+        result.update(
+            steps=steps,
+            resumedFromStep=resumed_from,
+            metrics={key: round(value, 6) for key, value in {**metrics, **final}.items()},
+            trainableParams=trainable_params,
+            totalParams=total_params,
+            frozenBytesPerRank=frozen,
+            worldSize=rank.world_size,
+            mlflowRunId=tracker.run_id,
+        )
+    distributed.barrier()
+    progress.close()
+    distributed.shutdown()
+    return result
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def step_metrics(window: dict[str, float], engine: Any, scheduler: Any) -> dict[str, float]:
+    """Loss (mean over ranks), lr, grad norm and throughput over the window since the last log line."""
+    elapsed = max(time.perf_counter() - window["time"], 1e-9)
+    loss, samples, tokens, micro = distributed.all_sum([window["loss"], window["samples"], window["tokens"], window["micro"]])
+    steps_in_window = window["micro"] / engine.gradient_accumulation_steps()
+    metrics = {
+        "loss": loss / micro,
+        "lr": scheduler.get_last_lr()[0],
+        "samples_per_second": samples / elapsed,
+        "seconds_per_step": elapsed / max(steps_in_window, 1),
+    }
+    if tokens:
+        metrics["tokens_per_second"] = tokens / elapsed
+    norm = engine.get_global_grad_norm()
+    if norm is not None:
+        metrics["grad_norm"] = float(norm)
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(engine: Any, eval_set: list[dict[str, Any]], spec: PEFTJobSpec, rank: Rank, pad_id: int) -> dict[str, float]:
+    """Eval loss over the whole eval set (sharded across ranks), with accuracy or perplexity."""
+    engine.eval()
+    classification = spec.model.task != "causal-lm"
+    loss_sum = count = correct = 0.0
+    for indices in eval_batches(len(eval_set), spec.training.micro_batch_size, rank.world_size, rank.rank):
+        batch = collate([eval_set[i] for i in indices or [0]], pad_id)
+        batch = {key: value.to(rank.device) for key, value in batch.items()}
+        output = engine(**batch)
+        if not indices:  # a short shard's padding pass: every rank joins every forward under ZeRO-3
+            continue
+        if classification:
+            loss_sum += output.loss.item() * len(indices)
+            count += len(indices)
+            correct += float((output.logits.argmax(-1) == batch["labels"]).sum())
+        else:
+            tokens = float((batch["labels"][:, 1:] != -100).sum())
+            loss_sum += output.loss.item() * tokens
+            count += tokens
+    loss_sum, count, correct = distributed.all_sum([loss_sum, count, correct])
+    engine.train()
+    metrics = {"eval_loss": loss_sum / count}
+    if classification:
+        metrics["eval_accuracy"] = correct / count
+    else:
+        metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
+    return metrics
+
+
+def frozen_bytes(model: torch.nn.Module) -> int:
+    """Bytes of frozen parameters this rank actually holds: its ZeRO-3 partition plus anything materialised."""
+    held = 0
+    for param in model.parameters():
+        if param.requires_grad:
+            continue
+        partition = getattr(param, "ds_tensor", None)
+        if partition is not None:
+            held += partition.numel() * partition.element_size()
+        held += param.data.numel() * param.data.element_size()
+    return held
+
+
+def report(rank: Rank, tracker: Tracker, metrics: dict[str, float], step: int, where: str, bar: Any = None) -> None:
+    """Rank 0 logs metrics to MLflow and as one readable line (through the progress bar on a terminal)."""
+    if not rank.is_main or not metrics:
+        return
+    tracker.log_metrics(metrics, step)
+    line = f"{where}: " + " ".join(f"{key}={value:.4g}" for key, value in metrics.items())
+    if bar is not None and not bar.disable:
+        bar.write(line)
+    else:
+        log.info(line)

@@ -1,0 +1,71 @@
+"""GET /progress on rank 0: the operator polls it, so workers need no Kubernetes API rights.
+
+A stdlib HTTP server in a daemon thread serves the latest snapshot; port 0 or unset disables it, and a busy
+port only warns (training matters more than its progress report).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from .contract import PROGRESS_PATH
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    """The latest {step, totalSteps, loss, throughput, etaSeconds}, shared with the server thread."""
+
+    def __init__(self, total_steps: int) -> None:
+        self._lock = threading.Lock()
+        self._state: dict[str, Any] = {
+            "step": 0, "totalSteps": total_steps, "loss": None, "throughput": None, "etaSeconds": None
+        }
+        self._server: ThreadingHTTPServer | None = None
+
+    def update(self, **values: Any) -> None:
+        with self._lock:
+            self._state.update(values)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._state)
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int | None:
+        """Serve on `port` in a daemon thread; returns the bound port, or None when disabled or busy."""
+        if port <= 0:
+            return None
+        progress = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                if self.path.split("?")[0] != PROGRESS_PATH:
+                    self.send_error(404)
+                    return
+                body = json.dumps(progress.snapshot()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:
+                return None
+
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as error:
+            log.warning("progress endpoint disabled: cannot listen on port %d: %s", port, error)
+            return None
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="progress", daemon=True).start()
+        return self._server.server_address[1]
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
