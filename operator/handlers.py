@@ -95,7 +95,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         if job_name:
             await reconcile_job(memo, namespace, job_name)
 
-    @kopf.timer(*PEFTJOBS, interval=settings.progress_interval, registry=registry)
+    @kopf.timer(*PEFTJOBS, interval=settings.progress_interval, when=needs_timer, registry=registry)
     async def tick(body: kopf.Body, name: str, namespace: str, memo: Memo, **_: Any) -> None:
         phase = (body.get("status") or {}).get("phase")
         try:
@@ -107,12 +107,21 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         elif phase == "Running":
             await poll_progress(memo, namespace, name)
 
-    @kopf.on.delete(*PEFTJOBS, registry=registry)
+    @kopf.on.delete(*PEFTJOBS, optional=True, registry=registry)
     async def deleted(body: kopf.Body, memo: Memo, **_: Any) -> None:
         memo.phases.record(body.get("metadata", {}).get("uid", ""), None)
         await kill_mlflow_run(body, memo.settings)
 
     return registry
+
+
+def needs_timer(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    """Only jobs with something time-based to do get a timer (progress, deadline, TTL): idle jobs cost nothing."""
+    phase = status.get("phase")
+    policy = spec.get("runPolicy") or {}
+    if phase in TERMINAL:
+        return policy.get("ttlSecondsAfterFinished") is not None
+    return phase == "Running" or policy.get("activeDeadlineSeconds") is not None
 
 
 async def reconcile_job(memo: Memo, namespace: str, name: str) -> None:

@@ -118,11 +118,11 @@ def reconcile(job: PEFTJob, current: PEFTJobStatus, pods: list[dict[str, Any]], 
     active = tuple(w.name for w in workers if w.active)
 
     def done(**effects: Any) -> Decision:
-        return Decision(status=status, events=tuple(draft.events), **effects)
+        expired = status.phase in TERMINAL and _ttl_expired(policy.ttl_seconds_after_finished, status.completion_time, now)
+        return Decision(status=status, events=tuple(draft.events), delete_job=expired, **effects)
 
     if status.phase in TERMINAL:
-        expired = _ttl_expired(policy.ttl_seconds_after_finished, status.completion_time, now)
-        return done(delete_pods=active, delete_job=expired)
+        return done(delete_pods=active)
 
     if policy.suspend:
         if status.phase != "Suspended":

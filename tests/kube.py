@@ -4,14 +4,16 @@ real kopf operator running against it.
 KMock (by kopf's author) stores objects and serves list/watch/get/create/patch/delete over real HTTP. What it
 lacks, and what this harness adds explicitly (each is real API-server behaviour the operator depends on):
 
-1. server-populated metadata on create: uid, creationTimestamp, generation, resourceVersion (owner references
-   need the owner's uid);
+1. server-populated metadata: uid, creationTimestamp, generation and resourceVersion on create, a new
+   resourceVersion on every change (owner references need the uid; kopf waits for the resourceVersion its own
+   patch returned before it trusts what it sees, so without new versions it stalls for seconds per patch);
 2. `labelSelector` filtering on list and watch (the operator lists a job's pods by label; kopf watches pods by
    label);
 3. list responses with `kind: <Kind>List` and `apiVersion` (kubectl refuses lists without them);
 4. ownerReference garbage collection: when an object is deleted, every object whose owners are all gone is
    deleted too (or marked for deletion if it has finalizers), transitively;
-5. every resource kopf and the operator touch is declared with its kind, verbs and subresources.
+5. a failed JSON-patch `test` operation answers 422 (KMock answers 500, which clients retry for nothing);
+6. every resource kopf and the operator touch is declared with its kind, verbs and subresources.
 
 Use:  with EmulatorServer() as api: ... OperatorThread(api.url, settings) ... api.create(...); wait_for(...)
 """
@@ -29,6 +31,7 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import attrs
+import jsonpatch
 import kmock
 import kopf
 import requests
@@ -82,12 +85,28 @@ class Emulator(kmock.KubernetesEmulator):
             metadata["resourceVersion"] = str(next(self._versions))
             if request.namespace and "namespace" not in metadata:
                 metadata["namespace"] = request.namespace
+        elif request.resource is not None and request.name and request.action == kmock.action.UPDATE:
+            version = str(next(self._versions))  # every change gets a new resourceVersion, as kopf expects
+            if isinstance(request.data, dict):
+                request.data.setdefault("metadata", {})["resourceVersion"] = version
+            elif isinstance(request.data, list):
+                request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+        elif request.resource is not None and request.name and request.action == kmock.action.DELETE:
+            key = (request.resource, request.namespace, request.name)
+            if key in self._objects and not self._objects[key].deleted:
+                self._objects[key].patch({"metadata": {"resourceVersion": str(next(self._versions))}})
         response = await super()._handle(request)
         if request.resource is not None and request.name and request.action in (kmock.action.DELETE, kmock.action.UPDATE):
             key = (request.resource, request.namespace, request.name)
             if key not in self._objects or self._objects[key].deleted:  # gone now: its dependents follow
                 await self._collect_garbage()
         return response
+
+    async def _render_error(self, exc: Exception) -> Any:
+        """A failed JSON-patch `test` (kopf guards finalizer patches with the resourceVersion) is a 422, not a 500."""
+        if isinstance(exc, jsonpatch.JsonPatchTestFailed):
+            exc = kmock.KubernetesError(status=422, reason="Invalid", message=str(exc))
+        return await super()._render_error(exc)
 
     async def _collect_garbage(self) -> None:
         """Delete objects whose owners are all gone, until nothing more goes (dependents of dependents)."""
@@ -105,7 +124,8 @@ class Emulator(kmock.KubernetesEmulator):
                 for (resource, _, _), obj in orphans:
                     if obj.raw.get("metadata", {}).get("finalizers"):
                         if not obj.raw["metadata"].get("deletionTimestamp"):
-                            obj.patch({"metadata": {"deletionTimestamp": _now()}})
+                            version = str(next(self._versions))
+                            obj.patch({"metadata": {"deletionTimestamp": _now(), "resourceVersion": version}})
                             await self._buses[resource].put({"type": "MODIFIED", "object": obj.raw})
                         continue
                     raw = obj.raw

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 from .contract import CONFIG_PATH, ENV_CONFIG, EXIT_INVALID_SPEC, EXIT_OK, EXIT_RETRYABLE
@@ -28,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [rank %(rank)s] %(message)s")
     logging.getLogger().handlers[0].addFilter(_RankFilter())
+    # DeepSpeed calls torch.distributed functions torch has deprecated, once per collective: keep logs readable.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\..*` is deprecated", category=FutureWarning)
     if "RANK" in os.environ:
         return run_rank(args.config)
     nproc = int(os.environ.get("NPROC_PER_NODE", "1"))

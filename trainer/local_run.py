@@ -75,7 +75,10 @@ def summarise(result_file: Path, output_uri: str, tracking: str, code: int) -> N
         print(f"peftjob: failed with exit code {code}: {result.get('error', 'see the log above')}", file=sys.stderr)
         return
     print(f"peftjob: adapter: {result.get('artifactUri')} (sha256 {result.get('sha256')}, {result.get('bytes')} bytes)")
-    print(f"peftjob: metrics: {json.dumps(result.get('metrics', {}))}")
+    before, after = result.get("initialMetrics", {}), result.get("metrics", {})
+    if "eval_accuracy" in before and "eval_accuracy" in after:
+        print(f"peftjob: eval accuracy {before['eval_accuracy']:.3f} before training -> {after['eval_accuracy']:.3f} after")
+    print(f"peftjob: final metrics: {json.dumps(after)}")
     print(f"peftjob: MLflow run {result.get('mlflowRunId')} in {tracking}")
     if tracking.startswith("sqlite:"):
         print(f"peftjob: open the UI with: mlflow ui --backend-store-uri {tracking}")

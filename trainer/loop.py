@@ -24,6 +24,7 @@ from .contract import ENV_PROGRESS_PORT, PROGRESS_PORT
 from .data import Sharding, check_size, collate, encode, eval_batches, fetcher, read_records, total_steps
 from .deepspeed_config import deepspeed_config
 from .distributed import Rank
+from .errors import UserError
 from .model_loading import load_backbone
 from .progress import Progress
 from .schedule import lr_scheduler
@@ -80,13 +81,19 @@ def train(job: PEFTJob) -> dict[str, Any]:
     resumed_from = None
     found = checkpoint.fetch_latest(storage, name, scratch / "resume")
     if found:
-        tag, _ = found
+        tag, manifest = found
+        if manifest["worldSize"] != rank.world_size:
+            raise UserError(
+                f"checkpoint {tag} was written by {manifest['worldSize']} ranks but this run has {rank.world_size}: "
+                "resume with the same workers x processesPerWorker (ZeRO partitions the optimizer state by rank)"
+            )
         state = checkpoint.restore(engine, scratch / "resume", tag, rank)
         step, position, resumed_from = state["step"], state["position"], state["step"]
         log.info("resumed from checkpoint %s (step %d)", tag, step)
-    elif eval_set:
-        metrics = evaluate(engine, eval_set, spec, rank, pad_id)
-        report(rank, tracker, metrics, 0, f"step 0/{steps} (before training)")
+    initial: dict[str, float] = {}
+    if not found and eval_set:
+        initial = evaluate(engine, eval_set, spec, rank, pad_id)
+        report(rank, tracker, initial, 0, f"step 0/{steps} (before training)")
 
     bar = tqdm(total=steps, initial=step, disable=not (rank.is_main and sys.stderr.isatty()), unit="step")
     window = {"time": time.perf_counter(), "samples": 0.0, "tokens": 0.0, "loss": 0.0, "micro": 0}
@@ -134,6 +141,7 @@ def train(job: PEFTJob) -> dict[str, Any]:
             steps=steps,
             resumedFromStep=resumed_from,
             metrics={key: round(value, 6) for key, value in {**metrics, **final}.items()},
+            initialMetrics={key: round(value, 6) for key, value in initial.items()},
             trainableParams=trainable_params,
             totalParams=total_params,
             frozenBytesPerRank=frozen,

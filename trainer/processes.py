@@ -54,7 +54,7 @@ def supervise(processes: Sequence[subprocess.Popen[bytes]]) -> int:
     Ctrl-C (KeyboardInterrupt) stops every process group and is re-raised for the caller to report.
     """
     try:
-        while any(process.poll() is None for process in processes):
+        while [process.poll() for process in processes].count(None):  # poll every one: any() would stop early
             failed = [exit_code(p.returncode) for p in processes if p.returncode not in (None, EXIT_OK)]
             if failed:
                 stop(processes)

