@@ -259,6 +259,7 @@ def parse_result(message: str) -> dict[str, Any] | None:
             continue
         if not isinstance(data, dict):
             continue
+        data = _from_trainer_result(data)
         parsed: dict[str, Any] = {}
         for key, model in (("artifact", Artifact), ("mlflow", MlflowRun), ("progress", Progress)):
             try:
@@ -268,6 +269,26 @@ def parse_result(message: str) -> dict[str, Any] | None:
                 continue
         return parsed
     return None
+
+
+def _from_trainer_result(data: dict[str, Any]) -> dict[str, Any]:
+    """The flat result `peftjob_trainer.loop.train` writes (artifactUri, sha256, mlflowRunId, steps, ...) in the
+    status' shape; a result already in that shape passes through. (Added by the e2e test, which found the two
+    sides disagreeing.)"""
+    if "artifactUri" not in data:
+        return data
+    metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
+    return {
+        "artifact": {
+            "uri": data["artifactUri"], "sha256": data.get("sha256"), "bytes": data.get("bytes"),
+            "trainableParameters": data.get("trainableParams"), "totalParameters": data.get("totalParams"),
+        },
+        "mlflow": {"runId": data.get("mlflowRunId")},
+        "progress": {
+            "step": data.get("steps", 0), "totalSteps": data.get("steps"), "percent": 100.0,
+            "loss": metrics.get("loss"),
+        },
+    }
 
 
 def parse_progress(payload: dict[str, Any]) -> tuple[Progress, MlflowRun | None]:

@@ -13,7 +13,11 @@ lacks, and what this harness adds explicitly (each is real API-server behaviour 
 4. ownerReference garbage collection: when an object is deleted, every object whose owners are all gone is
    deleted too (or marked for deletion if it has finalizers), transitively;
 5. a failed JSON-patch `test` operation answers 422 (KMock answers 500, which clients retry for nothing);
-6. every resource kopf and the operator touch is declared with its kind, verbs and subresources.
+6. every resource kopf and the operator touch is declared with its kind, verbs and subresources;
+7. no request history: KMock keeps every request it ever served and, to route each new one, re-applies its
+   reaction filters to that whole history (O(requests so far) per request, quadratic overall: an operator test
+   module went from milliseconds to ~0.5 s per request and timed out). The harness forgets each request once it
+   is answered; the DSL's history views (`kmock.requests`, `kmock['get'][:1]`) are therefore not available.
 
 Use:  with EmulatorServer() as api: ... OperatorThread(api.url, settings) ... api.create(...); wait_for(...)
 """
@@ -75,6 +79,17 @@ class Emulator(kmock.KubernetesEmulator):
             self.resources[key] = kmock.ResourceInfo(verbs=VERBS, **info)
 
     async def _handle(self, request: kmock.Request) -> Any:
+        try:
+            return await self._handle_k8s(request)
+        finally:
+            self._forget(request)
+
+    def _forget(self, request: kmock.Request) -> None:
+        """Drop an answered request from the root's and every reaction's history (see item 7 above)."""
+        for history in [self._requests, *(payload._requests for payload in self._payloads)]:
+            history[:] = [kept for kept in history if kept is not request]  # only requests in flight remain
+
+    async def _handle_k8s(self, request: kmock.Request) -> Any:
         if request.resource is not None and request.action == kmock.action.CREATE and isinstance(request.data, dict):
             metadata = request.data.setdefault("metadata", {})
             if not metadata.get("name") and metadata.get("generateName"):

@@ -104,7 +104,8 @@ def test_kubectl_apply_gives_a_verified_adapter_in_s3_and_a_finished_mlflow_run(
     cluster.kubectl("delete", "-f", str(path))
     wait_for(lambda: cluster.job(NAME) is None, timeout=60, what="the PEFTJob to go")
     assert cluster.children(NAME) == {"pods": [], "services": [], "configmaps": []}
-    assert s3_server.client().head_object(Bucket="artifacts", Key=f"e2e/{NAME}/adapter/manifest.json")
+    bucket, _, prefix = artifact["uri"].removeprefix("s3://").partition("/")
+    assert s3_server.client().head_object(Bucket=bucket, Key=prefix.rstrip("/") + "/manifest.json")
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
 
 

@@ -3,6 +3,7 @@ gang, the trainer resumes from its S3 checkpoint, and the job still succeeds, in
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -53,17 +54,15 @@ def test_sigkill_of_a_worker_restarts_the_gang_which_resumes_from_the_checkpoint
     # The new gang resumed from the checkpoint instead of starting over.
     pods = {pod["metadata"]["name"]: pod for pod in cluster.api.list(f"/api/v1/namespaces/{NS}/pods")}
     message = pods[f"{NAME}-worker-0"]["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
-    resumed = __import__("json").loads(message.strip().splitlines()[-1])["resumedFromStep"]
+    resumed = json.loads(message.strip().splitlines()[-1])["resumedFromStep"]
     assert resumed and resumed % CHECKPOINT_EVERY == 0 and 0 < resumed < STEPS
 
     # One MLflow run for the job, its loss logged at every step from 1 to the end, without a gap.
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(mlflow_server)
-    runs = client.search_runs(
-        [client.get_experiment_by_name(manifest["spec"].get("tracking", {}).get("experiment", "peftjob")).experiment_id],
-        filter_string=f"tags.`peftjob.name` = '{NAME}'",
-    )
+    experiment = client.get_experiment_by_name("peftjob")  # the example names none: the default
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`peftjob.name` = '{NAME}'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     steps = sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")})
     assert steps == list(range(1, STEPS + 1))

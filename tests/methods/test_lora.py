@@ -143,3 +143,14 @@ def test_loading_a_state_of_another_rank_names_the_mismatch(tmp_path):
         other.load(other.attach(tiny_model("bert", "sequence-classification")), tmp_path)
     with pytest.raises(StateMismatch, match="lora_A.weight has shape"):
         other.load_trainable_state(other.attach(tiny_model("bert", "sequence-classification")), method.trainable_state(model))
+
+
+def test_loading_from_a_folder_without_a_saved_method_names_the_file(tmp_path):
+    method = lora("sequence-classification")
+    model = method.attach(tiny_model("bert", "sequence-classification"))
+    with pytest.raises(StateMismatch, match="peftjob_method.json: not found"):
+        method.load(model, tmp_path)
+    method.save(model, tmp_path)
+    (tmp_path / "trainable.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(StateMismatch, match="trainable.safetensors: cannot read"):
+        method.load(model, tmp_path)

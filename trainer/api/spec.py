@@ -369,7 +369,9 @@ class WorkersSpec(ApiModel):
         json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
     )
     affinity: dict[str, Any] | None = Field(None, json_schema_extra=preserve_unknown("A Kubernetes Affinity."))
-    priority_class_name: str | None = None
+    priority_class_name: str | None = Field(
+        None, description="PriorityClass of the worker pods (a raw priority value is refused by admission)."
+    )
     service_account_name: str | None = Field(
         None, description="Pod service account; workers need no Kubernetes API rights."
     )
@@ -483,7 +485,6 @@ class SchedulingSpec(ApiModel):
 
     scheduler_name: str | None = Field(None, description="e.g. volcano or a coscheduling scheduler.")
     queue_name: str | None = Field(None, description="Kueue LocalQueue (kueue.x-k8s.io/queue-name label).")
-    priority: int | None = Field(None, description="Pod priority value.")
 
 
 # -------------------------------------------------------------------------------------------- the job
