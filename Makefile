@@ -24,7 +24,7 @@ quickstart: $(STAMP) examples/models/all-MiniLM-L6-v2
 	$(VENV)/bin/peftjob run examples/quickstart-cpu.yaml
 
 test: setup
-	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PYTHON) -m pytest -q -rs --durations=15
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(VENV)/bin/pytest -q -rs --durations=20
 
 crd: $(STAMP)
 	$(VENV)/bin/peftjob crd > crds/peftjob.yaml

@@ -33,6 +33,9 @@ API = f"{API_GROUP}/{API_VERSION}"
 # Spec fields a user may change while the job exists; anything else would make the running gang lie.
 MUTABLE_FIELDS = ("runPolicy.suspend", "runPolicy.activeDeadlineSeconds", "runPolicy.ttlSecondsAfterFinished")
 PROGRESS_TIMEOUT = 2.0
+# A failed handler (an API call refused or timed out) is retried after this many seconds; kopf's default of
+# 60 s would leave a new job without pods for a minute after one transient API error.
+RETRY_BACKOFF = 2.0
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +77,12 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     async def close(memo: Memo, **_: Any) -> None:
         await memo.client.close()
 
-    @kopf.on.resume(*PEFTJOBS, registry=registry)
-    @kopf.on.create(*PEFTJOBS, registry=registry)
+    @kopf.on.resume(*PEFTJOBS, backoff=RETRY_BACKOFF, registry=registry)
+    @kopf.on.create(*PEFTJOBS, backoff=RETRY_BACKOFF, registry=registry)
     async def admit(name: str, namespace: str, memo: Memo, **_: Any) -> None:
         await reconcile_job(memo, namespace, name)
 
-    @kopf.on.update(*PEFTJOBS, field="spec", registry=registry)
+    @kopf.on.update(*PEFTJOBS, field="spec", backoff=RETRY_BACKOFF, registry=registry)
     async def spec_changed(old: Any, new: Any, body: kopf.Body, name: str, namespace: str, memo: Memo,
                            **_: Any) -> None:
         refused = [field for field in changed_fields(old or {}, new or {}) if field not in MUTABLE_FIELDS]
@@ -95,7 +98,8 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         if job_name:
             await reconcile_job(memo, namespace, job_name)
 
-    @kopf.timer(*PEFTJOBS, interval=settings.progress_interval, when=needs_timer, registry=registry)
+    @kopf.timer(*PEFTJOBS, interval=settings.progress_interval, when=needs_timer, backoff=RETRY_BACKOFF,
+                registry=registry)
     async def tick(body: kopf.Body, name: str, namespace: str, memo: Memo, **_: Any) -> None:
         phase = (body.get("status") or {}).get("phase")
         try:
@@ -107,7 +111,9 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         elif phase == "Running":
             await poll_progress(memo, namespace, name)
 
-    @kopf.on.delete(*PEFTJOBS, optional=True, registry=registry)
+    # Not optional: the finalizer holds the job until its MLflow run is marked KILLED (best effort, bounded by
+    # the MLflow request timeout, so a down MLflow never blocks a deletion for long).
+    @kopf.on.delete(*PEFTJOBS, backoff=RETRY_BACKOFF, registry=registry)
     async def deleted(body: kopf.Body, memo: Memo, **_: Any) -> None:
         memo.phases.record(body.get("metadata", {}).get("uid", ""), None)
         await kill_mlflow_run(body, memo.settings)

@@ -30,7 +30,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -45,6 +44,7 @@ from peftjob_operator.settings import OperatorSettings
 from peftjob_trainer.api import API_GROUP, API_VERSION, KIND, PLURAL
 
 T = TypeVar("T")
+STOP_GRACE_SECONDS = 1.0  # a graceful kopf shutdown takes ~0.1 s; after this the operator is cancelled
 
 RESOURCES: dict[str, dict[str, Any]] = {
     f"{API_GROUP}/{API_VERSION}/{PLURAL}": dict(
@@ -323,19 +323,36 @@ class OperatorThread:
 
     def _main(self) -> None:
         try:
-            asyncio.run(
-                kopf.operator(
-                    registry=self._registry,
-                    settings=test_kopf_settings(),
-                    memo=self.memo,
-                    standalone=True,
-                    clusterwide=True,
-                    stop_flag=self._stop,
-                    ready_flag=self._ready,
-                )
-            )
+            asyncio.run(self._run())
         except BaseException as error:  # surfaced by stop() / the ready timeout
             self._error = error
+
+    async def _run(self) -> None:
+        """kopf.operator until stop(); then a short grace period before it is cancelled.
+
+        kopf stops its timers through a "daemon killer" that ends early in the shutdown; a timer spawned by a
+        watch event processed after that (a job that became Running just before the stop) is only cancelled
+        after kopf's fixed 5 s wait for hung tasks. Cancelling the operator skips that wait.
+        """
+        operator = asyncio.create_task(
+            kopf.operator(
+                registry=self._registry,
+                settings=test_kopf_settings(),
+                memo=self.memo,
+                standalone=True,
+                clusterwide=True,
+                stop_flag=self._stop,
+                ready_flag=self._ready,
+            )
+        )
+        stop_requested = asyncio.ensure_future(asyncio.to_thread(self._stop.wait))
+        await asyncio.wait({operator, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+        if not operator.done():
+            await asyncio.wait({operator}, timeout=STOP_GRACE_SECONDS)
+            operator.cancel()
+        stop_requested.cancel()
+        self._stop.set()  # releases the waiting thread when the operator ended on its own
+        await operator
 
     def stop(self) -> None:
         self._stop.set()
@@ -348,15 +365,6 @@ class OperatorThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@contextmanager
-def running_operator(url: str, settings: OperatorSettings) -> Iterator[OperatorThread]:
-    operator = OperatorThread(url, settings)
-    try:
-        yield operator
-    finally:
-        operator.stop()
 
 
 def wait_for(probe: Callable[[], T], timeout: float = 15, interval: float = 0.05, what: str = "condition") -> T:

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+
 from tests.methods.tiny_models import tiny_batch, tiny_model
 
 

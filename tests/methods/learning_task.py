@@ -174,4 +174,6 @@ def fit_bottom_colour(model: torch.nn.Module, *, lr: float, epochs: int) -> floa
     """Train on the downstream task (the bottom square's colour); the held-out accuracy."""
     images, _, bottom = two_squares(1024, seed=0)
     test_images, _, test_bottom = two_squares(512, seed=1)
-    return fit(model, {"pixel_values": images}, bottom, {"pixel_values": test_images}, test_bottom, lr=lr, epochs=epochs)
+    return fit(
+        model, {"pixel_values": images}, bottom, {"pixel_values": test_images}, test_bottom, lr=lr, epochs=epochs
+    )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from peftjob_trainer.api.spec import MethodSpec
 from peftjob_trainer.methods import build_method, parameter_counts
 from peftjob_trainer.methods.adapter import WithAdapter
+
 from tests.methods.method_checks import changed, fresh_base, logits, snapshot, train_step, trainable_names
 from tests.methods.tiny_models import FAMILY_TASK_PAIRS, HIDDEN, LAYERS, head_params, tiny_batch, tiny_model
 

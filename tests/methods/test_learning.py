@@ -4,9 +4,9 @@ plus head and get within 3% of full fine-tuning with under 5% of the parameters;
 from __future__ import annotations
 
 import pytest
-
 from peftjob_trainer.api.spec import MethodSpec
 from peftjob_trainer.methods import build_method, parameter_counts
+
 from tests.methods.learning_task import (
     fit_bottom_colour,
     fit_text,
@@ -66,7 +66,8 @@ def frozen_vit_accuracy(pretrained_vit) -> float:
 def test_vpt_steers_a_frozen_vit_to_a_new_task(depth, pretrained_vit, frozen_vit_accuracy):
     model = tiny_vit()
     model.load_state_dict(pretrained_vit)
-    method = build_method(MethodSpec.model_validate({"vpt": {"numTokens": VPT_TOKENS, "depth": depth}}), "image-classification")
+    spec = MethodSpec.model_validate({"vpt": {"numTokens": VPT_TOKENS, "depth": depth}})
+    method = build_method(spec, "image-classification")
     accuracy = fit_bottom_colour(method.attach(model), **VPT_RUN)
     assert accuracy >= CHANCE + 0.25
     assert accuracy >= frozen_vit_accuracy + VPT_MARGIN

@@ -5,14 +5,14 @@ from __future__ import annotations
 import peft
 import pytest
 import torch
-from tests.methods.method_checks import changed, fresh_base, logits, snapshot, train_step, trainable_names
-from tests.methods.tiny_models import FAMILY_TASK_PAIRS, HIDDEN, LAYERS, head_params, tiny_batch, tiny_model
-
 from peftjob_trainer.api.spec import MethodSpec
 from peftjob_trainer.methods import build_method, parameter_counts
 from peftjob_trainer.methods.families import UnsupportedModel
 from peftjob_trainer.methods.lora import lora_layers
 from peftjob_trainer.methods.params import StateMismatch
+
+from tests.methods.method_checks import changed, fresh_base, logits, snapshot, train_step, trainable_names
+from tests.methods.tiny_models import FAMILY_TASK_PAIRS, HIDDEN, LAYERS, head_params, tiny_batch, tiny_model
 
 R = 4
 # (in, out) of the default targets per family: query/value (BERT, ViT, Llama with 2 of 4 heads as key/value
@@ -142,7 +142,8 @@ def test_loading_a_state_of_another_rank_names_the_mismatch(tmp_path):
     with pytest.raises(StateMismatch, match="config"):
         other.load(other.attach(tiny_model("bert", "sequence-classification")), tmp_path)
     with pytest.raises(StateMismatch, match="lora_A.weight has shape"):
-        other.load_trainable_state(other.attach(tiny_model("bert", "sequence-classification")), method.trainable_state(model))
+        fresh = other.attach(tiny_model("bert", "sequence-classification"))
+        other.load_trainable_state(fresh, method.trainable_state(model))
 
 
 def test_loading_from_a_folder_without_a_saved_method_names_the_file(tmp_path):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import transformers
-
 from peftjob_trainer.api.spec import METHOD_NAMES, MethodSpec
 from peftjob_trainer.methods import REGISTRY, build_method, method_class
 from peftjob_trainer.methods.families import UnsupportedModel, dims, family_of
+
 from tests.methods.tiny_models import HEADS, HIDDEN, KV_HEADS, LAYERS, tiny_model
 
 

@@ -20,6 +20,7 @@ sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repo root, afte
 from peftjob_trainer.api.spec import MethodSpec  # noqa: E402
 from peftjob_trainer.methods import build_method, parameter_counts  # noqa: E402
 from peftjob_trainer.methods.zero import is_partitioned, is_writer  # noqa: E402
+
 from tests.methods.tiny_models import tiny_batch  # noqa: E402
 
 LR = 1e-2

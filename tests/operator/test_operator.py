@@ -311,7 +311,6 @@ def invalid_spec(where: str, value: Any) -> dict[str, Any]:
     return spec
 
 
-@pytest.mark.slow  # 30 jobs; minutes on a loaded 2-core machine (kopf waits on KMock's unchanging resourceVersion)
 def test_invalid_jobs_fail_naming_the_field_while_valid_ones_are_served(cluster: Cluster) -> None:
     assert len(INVALID) >= 25
     names = [f"invalid-{i}" for i in range(len(INVALID))]

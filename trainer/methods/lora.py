@@ -103,7 +103,8 @@ class Lora(PeftMethod):
         for name in find_targets(model, self._targets(model), self.config.target_pattern):
             parent, _, child = name.rpartition(".")
             owner = model.get_submodule(parent)
-            setattr(owner, child, LoraLinear(getattr(owner, child), self.config.r, self.config.alpha, self.config.dropout))
+            wrapped = LoraLinear(getattr(owner, child), self.config.r, self.config.alpha, self.config.dropout)
+            setattr(owner, child, wrapped)
         unfreeze_heads(model, family, self.task, self.config.train_head)
         return model
 
