@@ -72,6 +72,11 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         settings.persistence.finalizer = f"{API_GROUP}/cleanup"
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300
+        # A deleted job keeps its finalizer until its timer has exited. A tick in flight (one API read, one
+        # progress GET) is waited for briefly, then re-checked soon: kopf's defaults (a few loop cycles, then
+        # a re-check after 60 s) left jobs deleted by their TTL in place for a minute.
+        settings.background.instant_exit_timeout = 0.5
+        settings.background.cancellation_polling = 1.0
 
     @kopf.on.cleanup(registry=registry)
     async def close(memo: Memo, **_: Any) -> None:

@@ -7,6 +7,7 @@ as state (state lives in each PEFTJob's status).
 from __future__ import annotations
 
 from collections import Counter as Tally
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -37,6 +38,7 @@ class PhaseBook:
             JOBS.labels(phase=name).set(tally.get(name, 0))
 
 
-def serve(port: int) -> None:
-    """Expose /metrics on all interfaces (a daemon thread of prometheus_client)."""
-    start_http_server(port)
+def serve(port: int, addr: str = "0.0.0.0") -> WSGIServer:
+    """Expose /metrics (a daemon thread of prometheus_client); the server is returned so tests can stop it."""
+    server, _ = start_http_server(port, addr)
+    return server

@@ -8,7 +8,9 @@ lacks, and what this harness adds explicitly (each is real API-server behaviour 
    resourceVersion on every change (owner references need the uid; kopf waits for the resourceVersion its own
    patch returned before it trusts what it sees, so without new versions it stalls for seconds per patch);
 2. `labelSelector` filtering on list and watch (the operator lists a job's pods by label; kopf watches pods by
-   label);
+   label), and `resourceVersion` on list and watch: a list says its version, a watch from a version skips what
+   is not newer (KMock replays every object to each new watch, so kopf saw each object twice, listed and
+   watched, and its second finalizer patch failed on the stale version until some unrelated change came);
 3. list responses with `kind: <Kind>List` and `apiVersion` (kubectl refuses lists without them);
 4. ownerReference garbage collection: when an object is deleted, every object whose owners are all gone is
    deleted too (or marked for deletion if it has finalizers), transitively;
@@ -25,11 +27,10 @@ Use:  with EmulatorServer() as api: ... OperatorThread(api.url, settings) ... ap
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -71,7 +72,7 @@ VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
 class Emulator(kmock.KubernetesEmulator):
     """KubernetesEmulator + the API-server behaviour listed in this module's docstring."""
 
-    _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _version: int = attrs.field(default=0, init=False)  # the last resourceVersion handed out
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -83,6 +84,10 @@ class Emulator(kmock.KubernetesEmulator):
             return await self._handle_k8s(request)
         finally:
             self._forget(request)
+
+    def _next_version(self) -> str:
+        self._version += 1
+        return str(self._version)
 
     def _forget(self, request: kmock.Request) -> None:
         """Drop an answered request from the root's and every reaction's history (see item 7 above)."""
@@ -97,11 +102,11 @@ class Emulator(kmock.KubernetesEmulator):
             metadata.setdefault("uid", str(uuid.uuid4()))
             metadata.setdefault("creationTimestamp", _now())
             metadata.setdefault("generation", 1)
-            metadata["resourceVersion"] = str(next(self._versions))
+            metadata["resourceVersion"] = self._next_version()
             if request.namespace and "namespace" not in metadata:
                 metadata["namespace"] = request.namespace
         elif request.resource is not None and request.name and request.action == kmock.action.UPDATE:
-            version = str(next(self._versions))  # every change gets a new resourceVersion, as kopf expects
+            version = self._next_version()  # every change gets a new resourceVersion, as kopf expects
             if isinstance(request.data, dict):
                 request.data.setdefault("metadata", {})["resourceVersion"] = version
             elif isinstance(request.data, list):
@@ -109,7 +114,7 @@ class Emulator(kmock.KubernetesEmulator):
         elif request.resource is not None and request.name and request.action == kmock.action.DELETE:
             key = (request.resource, request.namespace, request.name)
             if key in self._objects and not self._objects[key].deleted:
-                self._objects[key].patch({"metadata": {"resourceVersion": str(next(self._versions))}})
+                self._objects[key].patch({"metadata": {"resourceVersion": self._next_version()}})
         response = await super()._handle(request)
         if request.resource is not None and request.name and request.action in (kmock.action.DELETE, kmock.action.UPDATE):
             key = (request.resource, request.namespace, request.name)
@@ -139,10 +144,11 @@ class Emulator(kmock.KubernetesEmulator):
                 for (resource, _, _), obj in orphans:
                     if obj.raw.get("metadata", {}).get("finalizers"):
                         if not obj.raw["metadata"].get("deletionTimestamp"):
-                            version = str(next(self._versions))
+                            version = self._next_version()
                             obj.patch({"metadata": {"deletionTimestamp": _now(), "resourceVersion": version}})
                             await self._buses[resource].put({"type": "MODIFIED", "object": obj.raw})
                         continue
+                    obj.patch({"metadata": {"resourceVersion": self._next_version()}})
                     raw = obj.raw
                     obj.delete()
                     deleted += 1
@@ -158,14 +164,24 @@ class Emulator(kmock.KubernetesEmulator):
         info = self.resources[request.resource] if request.resource in self.resources else None
         kind = info.kind if info is not None and info.kind else "List"
         group, version = request.resource.group, request.resource.version
+        listing["metadata"] = {"resourceVersion": str(self._version)}  # where a watch resumes (KMock: "...")
         listing["kind"] = f"{kind}List"
         listing["apiVersion"] = f"{group}/{version}" if group else version
         return listing
 
     async def _serve_watch(self, request: kmock.Request) -> Any:
         selector = request.params.get("labelSelector")
+        since = request.params.get("resourceVersion", "")
+        since_version = int(since) if since.isdigit() else 0
         async for event in super()._serve_watch(request):
-            if not selector or not isinstance(event, dict) or matches(selector, _labels(event.get("object", {}))):
+            if not isinstance(event, dict):
+                yield event
+                continue
+            obj = event.get("object", {})
+            version = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+            if version.isdigit() and int(version) <= since_version:
+                continue  # KMock replays every object at watch start; the client listed these already
+            if not selector or matches(selector, _labels(obj)):
                 yield event
 
 

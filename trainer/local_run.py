@@ -62,7 +62,7 @@ def main(path: str) -> int:
     try:
         code = processes.supervise(launchers)
     except KeyboardInterrupt:
-        print(f"\npeftjob: stopped all ranks; run again to resume from the last checkpoint", file=sys.stderr)
+        print("\npeftjob: stopped all ranks; run again to resume from the last checkpoint", file=sys.stderr)
         return 130
     summarise(result_file, spec.output.uri, spec.tracking.mlflow_tracking_uri or tracking, code)
     return code

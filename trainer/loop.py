@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -25,7 +26,7 @@ from .data import Sharding, check_size, collate, encode, eval_batches, fetcher, 
 from .deepspeed_config import deepspeed_config
 from .distributed import Rank
 from .errors import UserError
-from .model_loading import load_backbone
+from .model_loading import load_backbone, load_preprocessor, local_source
 from .progress import Progress
 from .schedule import lr_scheduler
 from .storage import open_storage
@@ -38,20 +39,22 @@ def train(job: PEFTJob) -> dict[str, Any]:
     """Run the job on this rank; returns the result (complete on rank 0)."""
     spec, name = job.spec, job.metadata.name
     training = spec.training
+    endpoint = spec.output.s3_endpoint_url
+    scratch = Path(tempfile.mkdtemp(prefix="peftjob-"))
+
+    # Data first, before the gang meets and the backbone loads: a bad file fails in seconds.
+    source = local_source(spec, endpoint)
+    tokenizer, processor = load_preprocessor(spec, source)
+    fetch = fetcher(scratch / "data", endpoint)
+    train_set = encode(read_records(spec.data.train, fetch), spec, tokenizer, processor)
+    eval_set = encode(read_records(spec.data.eval, fetch), spec, tokenizer, processor) if spec.data.eval else []
+    pad_id = tokenizer.pad_token_id if tokenizer is not None else 0
+
     rank = distributed.init()
     seed_everything(training.seed)
     ds_config = deepspeed_config(spec)
-    storage = open_storage(spec.output.uri, spec.output.s3_endpoint_url)
-    scratch = Path(tempfile.mkdtemp(prefix="peftjob-"))
-
-    # Data first: a bad file fails in seconds, before the backbone loads.
-    fetch = fetcher(scratch / "data", spec.output.s3_endpoint_url)
-    train_records = read_records(spec.data.train, fetch)
-    eval_records = read_records(spec.data.eval, fetch) if spec.data.eval else []
-    backbone = load_backbone(spec, ds_config)
-    train_set = encode(train_records, spec, backbone.tokenizer, backbone.processor)
-    eval_set = encode(eval_records, spec, backbone.tokenizer, backbone.processor)
-    pad_id = backbone.tokenizer.pad_token_id if backbone.tokenizer is not None else 0
+    storage = open_storage(spec.output.uri, endpoint)
+    backbone = load_backbone(spec, source, ds_config, pad_id if tokenizer is not None else None)
 
     from .methods import build_method, parameter_counts
 
@@ -96,7 +99,7 @@ def train(job: PEFTJob) -> dict[str, Any]:
         report(rank, tracker, initial, 0, f"step 0/{steps} (before training)")
 
     bar = tqdm(total=steps, initial=step, disable=not (rank.is_main and sys.stderr.isatty()), unit="step")
-    window = {"time": time.perf_counter(), "samples": 0.0, "tokens": 0.0, "loss": 0.0, "micro": 0}
+    window = new_window()
     metrics: dict[str, float] = {}
     while step < steps:
         for _ in range(training.gradient_accumulation_steps):
@@ -119,7 +122,7 @@ def train(job: PEFTJob) -> dict[str, Any]:
                 step=step, loss=metrics["loss"], throughput=metrics["samples_per_second"],
                 etaSeconds=round((steps - step) * metrics["seconds_per_step"], 1),
             )
-            window = {"time": time.perf_counter(), "samples": 0.0, "tokens": 0.0, "loss": 0.0, "micro": 0}
+            window = new_window()
         if training.eval_interval and step % training.eval_interval == 0 and step < steps and eval_set:
             report(rank, tracker, evaluate(engine, eval_set, spec, rank, pad_id), step, f"step {step}/{steps}", bar)
         if training.checkpoint_interval and step % training.checkpoint_interval == 0 and step < steps:
@@ -151,12 +154,18 @@ def train(job: PEFTJob) -> dict[str, Any]:
     distributed.barrier()
     progress.close()
     distributed.shutdown()
+    shutil.rmtree(scratch, ignore_errors=True)
     return result
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def new_window() -> dict[str, float]:
+    """Sums since the last log line, for its loss and throughput."""
+    return {"time": time.perf_counter(), "samples": 0.0, "tokens": 0.0, "loss": 0.0, "micro": 0}
 
 
 def step_metrics(window: dict[str, float], engine: Any, scheduler: Any) -> dict[str, float]:

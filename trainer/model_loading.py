@@ -29,11 +29,9 @@ PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch
 
 @dataclass
 class Backbone:
-    """The loaded model, its tokenizer or image processor, and the ZeRO-3 config object kept alive with it."""
+    """The loaded model and the ZeRO-3 config object that must stay alive with it."""
 
     model: Any
-    tokenizer: Any
-    processor: Any
     zero3_config: Any
 
 
@@ -61,13 +59,28 @@ def local_source(spec: PEFTJobSpec, endpoint_url: str | None) -> str:
     return str(target)
 
 
-def load_backbone(spec: PEFTJobSpec, ds_config: dict[str, Any]) -> Backbone:
+def load_preprocessor(spec: PEFTJobSpec, source: str) -> tuple[Any, Any]:
+    """(tokenizer, None) for text tasks, (None, image processor) for images: cheap, so data is checked early."""
+    import transformers
+
+    model_spec = spec.model
+    try:
+        if model_spec.task == "image-classification":
+            return None, transformers.AutoImageProcessor.from_pretrained(source, revision=model_spec.revision)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, revision=model_spec.revision)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelError(f"model.source: cannot load a tokenizer or processor from {source!r}: {error}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, None
+
+
+def load_backbone(spec: PEFTJobSpec, source: str, ds_config: dict[str, Any], pad_token_id: int | None) -> Backbone:
     """Load, partition (ZeRO-3) and freeze the backbone for the spec's task."""
     import transformers
     from transformers.integrations import HfDeepSpeedConfig
 
     model_spec = spec.model
-    source = local_source(spec, spec.output.s3_endpoint_url)
     zero3 = HfDeepSpeedConfig(ds_config) if ds_config["zero_optimization"]["stage"] == 3 else None
     kwargs: dict[str, Any] = {
         "revision": model_spec.revision,
@@ -91,13 +104,6 @@ def load_backbone(spec: PEFTJobSpec, ds_config: dict[str, Any]) -> Backbone:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # With a frozen backbone no input needs a gradient; this makes the checkpointed blocks backprop anyway.
         model.enable_input_require_grads()
-    tokenizer = processor = None
-    if model_spec.task == "image-classification":
-        processor = transformers.AutoImageProcessor.from_pretrained(source, revision=model_spec.revision)
-    else:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, revision=model_spec.revision)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
-    return Backbone(model, tokenizer, processor, zero3)
+    if pad_token_id is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id
+    return Backbone(model, zero3)

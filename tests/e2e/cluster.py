@@ -210,7 +210,8 @@ class PhaseTimeline:
     def render(self) -> str:
         """One line per phase: seconds since the job was applied, phase, the status message."""
         return "\n".join(
-            f"  {at:7.1f}s  {phase:<11} {status.get('message') or ''}" for at, phase, status in self.events
+            f"  {at:7.1f}s  {phase:<11} {' '.join((status.get('message') or '').split())[:110]}"
+            for at, phase, status in self.events
         )
 
     def close(self) -> None:
@@ -220,6 +221,8 @@ class PhaseTimeline:
 
 @dataclass
 class E2ECluster:
+    """Everything an e2e test talks to, and the few questions it asks the API."""
+
     api: EmulatorServer
     kubectl: Kubectl
     node: NodeThread

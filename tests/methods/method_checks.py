@@ -1,10 +1,14 @@
-"""Small helpers the per-method tests share: one optimizer step, parameter snapshots, logits."""
+"""Checks the per-method tests share (one optimizer step, counts, save/reload, generation), so each method's
+test states only what is particular to it."""
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
 
-from tests.methods.tiny_models import tiny_model
+import torch
+from peftjob_trainer.methods import PeftMethod, parameter_counts
+
+from tests.methods.tiny_models import tiny_batch, tiny_model
 
 
 def fresh_base(family: str, task: str) -> torch.nn.Module:
@@ -27,6 +31,7 @@ def changed(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> set[str]
 
 
 def trainable_names(model: torch.nn.Module) -> set[str]:
+    """Names of the parameters that train."""
     return {name for name, param in model.named_parameters() if param.requires_grad}
 
 
@@ -45,3 +50,47 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], lr: float
 def logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Eval-mode logits for `batch` (labels dropped)."""
     return model(**{key: value for key, value in batch.items() if key != "labels"}).logits
+
+
+def moved_by_a_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> set[str]:
+    """Names of the parameters one optimizer step changed, having checked that none of them is frozen."""
+    before = snapshot(model)
+    train_step(model, batch)
+    moved = changed(model, before)
+    assert moved <= trainable_names(model)  # the backbone stays bit-identical
+    return moved
+
+
+def counts_over_base(method: PeftMethod, family: str, task: str) -> tuple[int, int]:
+    """(trainable parameters, parameters added to the base) once `method` is attached to the tiny model."""
+    base_total = sum(param.numel() for param in tiny_model(family, task).parameters())
+    trainable, total = parameter_counts(method.attach(tiny_model(family, task)))
+    return trainable, total - base_total
+
+
+def assert_reload_gives_same_logits(
+    method: PeftMethod, model: torch.nn.Module, family: str, task: str, directory: Path
+) -> list[Path]:
+    """Save `model`, load it into a fresh base under a new, equal method: same logits. Returns the saved files.
+
+    The fresh model must differ before loading, so the equality comes from the saved state, not the init.
+    """
+    files = method.save(model, directory)
+    again = type(method)(method.config, method.task)
+    reloaded = again.attach(fresh_base(family, task))
+    batch = tiny_batch(family, task)
+    assert not torch.equal(logits(reloaded, batch), logits(model, batch))
+    again.load(reloaded, directory)
+    assert torch.equal(logits(reloaded, batch), logits(model, batch))
+    return files
+
+
+def assert_greedy_generation_follows_forward(model: torch.nn.Module, input_ids: torch.Tensor, new_tokens: int) -> None:
+    """Greedy `generate` (inputs_embeds and KV cache) picks each forward pass's argmax over the whole sequence."""
+    generated = model.generate(
+        input_ids=input_ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=model.config.pad_token_id
+    )
+    sequence = input_ids
+    for _ in range(new_tokens):
+        sequence = torch.cat([sequence, logits(model, {"input_ids": sequence})[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(generated, sequence)

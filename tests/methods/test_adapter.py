@@ -8,7 +8,14 @@ from peftjob_trainer.api.spec import MethodSpec
 from peftjob_trainer.methods import build_method, parameter_counts
 from peftjob_trainer.methods.adapter import WithAdapter
 
-from tests.methods.method_checks import changed, fresh_base, logits, snapshot, train_step, trainable_names
+from tests.methods.method_checks import (
+    assert_reload_gives_same_logits,
+    counts_over_base,
+    logits,
+    moved_by_a_step,
+    train_step,
+    trainable_names,
+)
 from tests.methods.tiny_models import FAMILY_TASK_PAIRS, HIDDEN, LAYERS, head_params, tiny_batch, tiny_model
 
 M = 8
@@ -52,11 +59,10 @@ def test_two_adapters_per_block_after_attention_and_ffn_output(family, task):
 
 @pytest.mark.parametrize(("family", "task"), FAMILY_TASK_PAIRS)
 def test_trainable_count_follows_the_per_layer_formula(family, task):
-    model = adapter(task).attach(tiny_model(family, task))
     per_adapter = HIDDEN * M + M + M * HIDDEN + HIDDEN
-    trainable, total = parameter_counts(model)
+    trainable, added = counts_over_base(adapter(task), family, task)
     assert trainable == LAYERS * 2 * per_adapter + NORM_PARAMS[family] + head_params(family, task)
-    assert total == sum(p.numel() for p in tiny_model(family, task).parameters()) + LAYERS * 2 * per_adapter
+    assert added == LAYERS * 2 * per_adapter
 
 
 def test_layer_norms_and_head_follow_the_spec():
@@ -70,10 +76,7 @@ def test_layer_norms_and_head_follow_the_spec():
 @pytest.mark.parametrize(("family", "task"), FAMILY_TASK_PAIRS)
 def test_a_step_changes_only_adapters_norms_and_head(family, task):
     model = adapter(task).attach(tiny_model(family, task))
-    before = snapshot(model)
-    train_step(model, tiny_batch(family, task))
-    moved = changed(model, before)
-    assert moved <= trainable_names(model)
+    moved = moved_by_a_step(model, tiny_batch(family, task))
     assert any(".adapter.up." in name for name in moved)
 
 
@@ -82,10 +85,5 @@ def test_save_then_load_into_fresh_base_gives_same_logits(family, task, tmp_path
     method = adapter(task)
     model = method.attach(tiny_model(family, task))
     train_step(model, tiny_batch(family, task), steps=3)
-    files = method.save(model, tmp_path)
+    files = assert_reload_gives_same_logits(method, model, family, task, tmp_path)
     assert {path.name for path in files} == {"peftjob_method.json", "trainable.safetensors"}
-    fresh_method = adapter(task)
-    fresh = fresh_method.attach(fresh_base(family, task))
-    fresh_method.load(fresh, tmp_path)
-    batch = tiny_batch(family, task)
-    assert torch.equal(logits(fresh, batch), logits(model, batch))

@@ -6,12 +6,19 @@ import peft
 import pytest
 import torch
 from peftjob_trainer.api.spec import MethodSpec
-from peftjob_trainer.methods import build_method, parameter_counts
+from peftjob_trainer.methods import build_method
 from peftjob_trainer.methods.families import UnsupportedModel
 from peftjob_trainer.methods.lora import lora_layers
 from peftjob_trainer.methods.params import StateMismatch
 
-from tests.methods.method_checks import changed, fresh_base, logits, snapshot, train_step, trainable_names
+from tests.methods.method_checks import (
+    assert_reload_gives_same_logits,
+    counts_over_base,
+    logits,
+    moved_by_a_step,
+    train_step,
+    trainable_names,
+)
 from tests.methods.tiny_models import FAMILY_TASK_PAIRS, HIDDEN, LAYERS, head_params, tiny_batch, tiny_model
 
 R = 4
@@ -49,35 +56,26 @@ def test_attached_lora_is_exactly_the_base_model(family, task):
 @pytest.mark.parametrize(("family", "task"), FAMILY_TASK_PAIRS)
 def test_a_step_changes_only_lora_and_head(family, task):
     model = lora(task).attach(tiny_model(family, task))
-    before = snapshot(model)
-    train_step(model, tiny_batch(family, task))
-    moved = changed(model, before)
-    assert moved <= trainable_names(model)
+    moved = moved_by_a_step(model, tiny_batch(family, task))
     assert any(name.endswith("lora_B.weight") for name in moved)
     assert all("lora_" in name or name.startswith(("classifier.", "score.")) for name in trainable_names(model))
 
 
 @pytest.mark.parametrize(("family", "task"), FAMILY_TASK_PAIRS)
 def test_trainable_count_is_r_times_in_plus_out_per_target(family, task):
-    model = lora(task).attach(tiny_model(family, task))
     expected = LAYERS * sum(R * (d_in + d_out) for d_in, d_out in DEFAULT_TARGET_SHAPES[family])
-    trainable, total = parameter_counts(model)
+    trainable, added = counts_over_base(lora(task), family, task)
     assert trainable == expected + head_params(family, task)
-    assert total == sum(p.numel() for p in tiny_model(family, task).parameters()) + expected
+    assert added == expected
 
 
 @pytest.mark.parametrize(("family", "task"), FAMILY_TASK_PAIRS)
 def test_save_then_load_into_fresh_base_gives_same_logits(family, task, tmp_path):
     method, model = trained(family, task)
-    files = method.save(model, tmp_path)
+    files = assert_reload_gives_same_logits(method, model, family, task, tmp_path)
     assert {path.name for path in files} == {
         "peftjob_method.json", "trainable.safetensors", "adapter_config.json", "adapter_model.safetensors"
     }
-    fresh_method = lora(task)
-    fresh = fresh_method.attach(fresh_base(family, task))
-    fresh_method.load(fresh, tmp_path)
-    batch = tiny_batch(family, task)
-    assert torch.equal(logits(fresh, batch), logits(model, batch))
 
 
 @pytest.mark.parametrize(("family", "task"), FAMILY_TASK_PAIRS)

@@ -5,28 +5,31 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from tests.methods.method_checks import changed, logits, snapshot, train_step, trainable_names
-from tests.methods.tiny_models import HIDDEN, LABELS, tiny_batch, tiny_model
+from tests.methods.method_checks import (
+    assert_greedy_generation_follows_forward,
+    assert_reload_gives_same_logits,
+    counts_over_base,
+    logits,
+    moved_by_a_step,
+    train_step,
+    trainable_names,
+)
+from tests.methods.tiny_models import DECODERS, HIDDEN, PROMPT_CASES, head_params, tiny_batch, tiny_model
 
 from peftjob_trainer.api.spec import MethodSpec
-from peftjob_trainer.methods import build_method, parameter_counts
+from peftjob_trainer.methods import build_method
 from peftjob_trainer.methods.p_tuning import template_input_ids
 from peftjob_trainer.methods.prompt_wrapper import PSEUDO_TOKEN_ID
 
 TOKENS = 3
 WIDTH = 16
 TEMPLATE = "[P][P] {text} [P] It was"
-CASES = [("gpt2", "causal-lm"), ("llama", "causal-lm"), ("bert", "sequence-classification")]
 ENCODERS = ["mlp", "lstm"]
 
 
 def p_tuning(task: str, **fields):
     spec = {"pTuning": {"numVirtualTokens": TOKENS, "encoderHiddenSize": WIDTH, **fields}}
     return build_method(MethodSpec.model_validate(spec), task)
-
-
-def head_params(family: str, task: str) -> int:
-    return 0 if task == "causal-lm" else HIDDEN * LABELS + (LABELS if family == "bert" else 0)
 
 
 def encoder_params(encoder: str, h: int = HIDDEN, e: int = WIDTH, tokens: int = TOKENS) -> int:
@@ -37,14 +40,6 @@ def encoder_params(encoder: str, h: int = HIDDEN, e: int = WIDTH, tokens: int = 
     return tokens * h + lstm + (2 * e * 2 * e + 2 * e) + (2 * e * h + h)
 
 
-def fresh_base(family: str, task: str) -> torch.nn.Module:
-    model = tiny_model(family, task)
-    for name in ("classifier", "score"):
-        if hasattr(model, name):
-            torch.nn.init.normal_(getattr(model, name).weight, std=1.0)
-    return model
-
-
 def templated(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch with pseudo-token markers at positions 0, 1 and 5, as template_input_ids places them."""
     input_ids = batch["input_ids"].clone()
@@ -53,50 +48,38 @@ def templated(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
-@pytest.mark.parametrize(("family", "task"), CASES)
+@pytest.mark.parametrize(("family", "task"), PROMPT_CASES)
 def test_a_step_changes_only_the_encoder_and_head(family, task, encoder):
     model = p_tuning(task, encoder=encoder).attach(tiny_model(family, task))
-    before = snapshot(model)
-    train_step(model, tiny_batch(family, task))
-    moved = changed(model, before)
+    moved = moved_by_a_step(model, tiny_batch(family, task))
     assert moved == trainable_names(model)
     assert all(name.startswith(("prompt.", "model.classifier.")) for name in moved)
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
-@pytest.mark.parametrize(("family", "task"), CASES)
+@pytest.mark.parametrize(("family", "task"), PROMPT_CASES)
 def test_counts_match_the_encoder_formula(family, task, encoder):
-    base_total = sum(p.numel() for p in tiny_model(family, task).parameters())
-    trainable, total = parameter_counts(p_tuning(task, encoder=encoder).attach(tiny_model(family, task)))
+    trainable, added = counts_over_base(p_tuning(task, encoder=encoder), family, task)
     assert trainable == encoder_params(encoder) + head_params(family, task)
-    assert total == base_total + encoder_params(encoder)
+    assert added == encoder_params(encoder)
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
-@pytest.mark.parametrize(("family", "task"), CASES)
+@pytest.mark.parametrize(("family", "task"), PROMPT_CASES)
 def test_save_then_load_into_a_fresh_base_gives_the_same_logits(family, task, encoder, tmp_path):
     model = (method := p_tuning(task, encoder=encoder)).attach(tiny_model(family, task))
     train_step(model, tiny_batch(family, task), steps=2)
-    method.save(model, tmp_path)
-    again = p_tuning(task, encoder=encoder)
-    reloaded = again.attach(fresh_base(family, task))
-    again.load(reloaded, tmp_path)
-    assert torch.equal(logits(reloaded, tiny_batch(family, task)), logits(model, tiny_batch(family, task)))
+    assert_reload_gives_same_logits(method, model, family, task, tmp_path)
 
 
 @pytest.mark.parametrize("template", [None, TEMPLATE])
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", DECODERS)
 def test_greedy_generation_follows_the_forward_pass(family, template):
     model = p_tuning("causal-lm", template=template).attach(tiny_model(family, "causal-lm"))
     batch = tiny_batch(family, "causal-lm")
     batch = batch if template is None else templated(batch)
     train_step(model, batch, steps=2)
-    input_ids = batch["input_ids"][:2]
-    generated = model.generate(input_ids=input_ids, max_new_tokens=4, do_sample=False, pad_token_id=1)
-    sequence = input_ids
-    for _ in range(4):
-        sequence = torch.cat([sequence, logits(model, {"input_ids": sequence})[:, -1:].argmax(-1)], dim=1)
-    assert torch.equal(generated, sequence)
+    assert_greedy_generation_follows_forward(model, batch["input_ids"][:2], new_tokens=4)
 
 
 def test_template_puts_encoder_outputs_at_the_marked_positions():

@@ -4,25 +4,38 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.methods.method_checks import changed, logits, snapshot, train_step, trainable_names
-from tests.methods.tiny_models import HEADS, HIDDEN, KV_HEADS, LABELS, LAYERS, tiny_batch, tiny_model
+from tests.methods.method_checks import (
+    assert_greedy_generation_follows_forward,
+    assert_reload_gives_same_logits,
+    counts_over_base,
+    logits,
+    moved_by_a_step,
+    train_step,
+    trainable_names,
+)
+from tests.methods.tiny_models import (
+    DECODERS,
+    HEADS,
+    HIDDEN,
+    KV_HEADS,
+    LAYERS,
+    PROMPT_CASES,
+    head_params,
+    tiny_batch,
+    tiny_model,
+)
 
 from peftjob_trainer.api.spec import MethodSpec
-from peftjob_trainer.methods import build_method, parameter_counts
+from peftjob_trainer.methods import build_method
 
 TOKENS = 3
 WIDTH = 16
-CASES = [("gpt2", "causal-lm"), ("llama", "causal-lm"), ("bert", "sequence-classification")]
 PROJECTION = [True, False]
 
 
 def prefix_tuning(task: str, **fields):
     spec = {"prefixTuning": {"numVirtualTokens": TOKENS, "projectionHiddenSize": WIDTH, **fields}}
     return build_method(MethodSpec.model_validate(spec), task)
-
-
-def head_params(family: str, task: str) -> int:
-    return 0 if task == "causal-lm" else HIDDEN * LABELS + (LABELS if family == "bert" else 0)
 
 
 def prefix_params(family: str, projection: bool) -> int:
@@ -34,67 +47,46 @@ def prefix_params(family: str, projection: bool) -> int:
     return TOKENS * HIDDEN + (HIDDEN * WIDTH + WIDTH) + (WIDTH * out + out)
 
 
-def fresh_base(family: str, task: str) -> torch.nn.Module:
-    model = tiny_model(family, task)
-    for name in ("classifier", "score"):
-        if hasattr(model, name):
-            torch.nn.init.normal_(getattr(model, name).weight, std=1.0)
-    return model
-
-
 @pytest.mark.parametrize("projection", PROJECTION)
-@pytest.mark.parametrize(("family", "task"), CASES)
+@pytest.mark.parametrize(("family", "task"), PROMPT_CASES)
 def test_a_step_changes_only_the_prefix_encoder_and_head(family, task, projection):
     model = prefix_tuning(task, projection=projection).attach(tiny_model(family, task))
-    before = snapshot(model)
-    train_step(model, tiny_batch(family, task))
-    moved = changed(model, before)
+    moved = moved_by_a_step(model, tiny_batch(family, task))
     assert moved == trainable_names(model)
     assert all(name.startswith(("prefix_encoder.", "classifier.")) for name in moved)
 
 
 @pytest.mark.parametrize("projection", PROJECTION)
-@pytest.mark.parametrize(("family", "task"), CASES)
+@pytest.mark.parametrize(("family", "task"), PROMPT_CASES)
 def test_counts_match_the_prefix_formula(family, task, projection):
-    base_total = sum(p.numel() for p in tiny_model(family, task).parameters())
-    trainable, total = parameter_counts(prefix_tuning(task, projection=projection).attach(tiny_model(family, task)))
+    trainable, added = counts_over_base(prefix_tuning(task, projection=projection), family, task)
     assert trainable == prefix_params(family, projection) + head_params(family, task)
-    assert total == base_total + prefix_params(family, projection)
+    assert added == prefix_params(family, projection)
 
 
 @pytest.mark.parametrize("projection", PROJECTION)
-@pytest.mark.parametrize(("family", "task"), CASES)
+@pytest.mark.parametrize(("family", "task"), PROMPT_CASES)
 def test_save_then_load_into_a_fresh_base_gives_the_same_logits(family, task, projection, tmp_path):
     model = (method := prefix_tuning(task, projection=projection)).attach(tiny_model(family, task))
     train_step(model, tiny_batch(family, task), steps=2)
-    method.save(model, tmp_path)
-    again = prefix_tuning(task, projection=projection)
-    reloaded = again.attach(fresh_base(family, task))
-    assert not torch.equal(logits(reloaded, tiny_batch(family, task)), logits(model, tiny_batch(family, task)))
-    again.load(reloaded, tmp_path)
-    assert torch.equal(logits(reloaded, tiny_batch(family, task)), logits(model, tiny_batch(family, task)))
+    assert_reload_gives_same_logits(method, model, family, task, tmp_path)
 
 
-@pytest.mark.parametrize(("family", "task"), CASES)
+@pytest.mark.parametrize(("family", "task"), PROMPT_CASES)
 def test_the_prefix_changes_what_attention_sees(family, task):
     base = logits(tiny_model(family, task), tiny_batch(family, task))
     model = prefix_tuning(task).attach(tiny_model(family, task))
     assert not torch.allclose(logits(model, tiny_batch(family, task)), base, atol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", DECODERS)
 def test_greedy_generation_follows_the_forward_pass(family):
     model = prefix_tuning("causal-lm").attach(tiny_model(family, "causal-lm"))
     train_step(model, tiny_batch(family, "causal-lm"), steps=2)
-    input_ids = tiny_batch(family, "causal-lm")["input_ids"][:2]
-    generated = model.generate(input_ids=input_ids, max_new_tokens=5, do_sample=False, pad_token_id=1)
-    sequence = input_ids
-    for _ in range(5):
-        sequence = torch.cat([sequence, logits(model, {"input_ids": sequence})[:, -1:].argmax(-1)], dim=1)
-    assert torch.equal(generated, sequence)
+    assert_greedy_generation_follows_forward(model, tiny_batch(family, "causal-lm")["input_ids"][:2], new_tokens=5)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", DECODERS)
 def test_the_kv_cache_never_holds_the_prefix(family):
     model = prefix_tuning("causal-lm").attach(tiny_model(family, "causal-lm"))
     input_ids = tiny_batch(family, "causal-lm")["input_ids"][:1]

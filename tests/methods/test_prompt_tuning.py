@@ -5,51 +5,40 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from tests.methods.method_checks import changed, logits, snapshot, train_step, trainable_names
-from tests.methods.tiny_models import HIDDEN, LABELS, tiny_batch, tiny_model
+from tests.methods.method_checks import (
+    assert_greedy_generation_follows_forward,
+    assert_reload_gives_same_logits,
+    counts_over_base,
+    moved_by_a_step,
+    train_step,
+    trainable_names,
+)
+from tests.methods.tiny_models import DECODERS, HIDDEN, PROMPT_CASES, head_params, tiny_batch, tiny_model
 
 from peftjob_trainer.api.spec import MethodSpec
-from peftjob_trainer.methods import build_method, parameter_counts
+from peftjob_trainer.methods import build_method
 from peftjob_trainer.methods.prompt_tuning import text_token_ids
 
 TOKENS = 5
-CASES = [("gpt2", "causal-lm"), ("llama", "causal-lm"), ("bert", "sequence-classification")]
-DECODERS = ["gpt2", "llama"]
 
 
 def prompt_tuning(task: str, **fields):
     return build_method(MethodSpec.model_validate({"promptTuning": {"numVirtualTokens": TOKENS, **fields}}), task)
 
 
-def head_params(family: str, task: str) -> int:
-    return 0 if task == "causal-lm" else HIDDEN * LABELS + (LABELS if family == "bert" else 0)
-
-
-def fresh_base(family: str, task: str) -> torch.nn.Module:
-    """The same backbone with a newly drawn head, as `from_pretrained(..., num_labels=n)` gives."""
-    model = tiny_model(family, task)
-    for name in ("classifier", "score"):
-        if hasattr(model, name):
-            torch.nn.init.normal_(getattr(model, name).weight, std=1.0)
-    return model
-
-
-@pytest.mark.parametrize(("family", "task"), CASES)
+@pytest.mark.parametrize(("family", "task"), PROMPT_CASES)
 def test_a_step_changes_only_the_prompt_and_head(family, task):
     model = prompt_tuning(task).attach(tiny_model(family, task))
-    before = snapshot(model)
-    train_step(model, tiny_batch(family, task))
-    moved = changed(model, before)
+    moved = moved_by_a_step(model, tiny_batch(family, task))
     assert moved == trainable_names(model)
     assert all(name.startswith(("prompt.", "model.classifier.")) for name in moved)
 
 
-@pytest.mark.parametrize(("family", "task"), CASES)
+@pytest.mark.parametrize(("family", "task"), PROMPT_CASES)
 def test_counts_are_tokens_times_hidden_plus_head(family, task):
-    base_total = sum(p.numel() for p in tiny_model(family, task).parameters())
-    trainable, total = parameter_counts(prompt_tuning(task).attach(tiny_model(family, task)))
+    trainable, added = counts_over_base(prompt_tuning(task), family, task)
     assert trainable == TOKENS * HIDDEN + head_params(family, task)
-    assert total == base_total + TOKENS * HIDDEN
+    assert added == TOKENS * HIDDEN
 
 
 def test_vocab_init_copies_rows_of_the_embedding_matrix():
@@ -78,17 +67,12 @@ def test_text_init_copies_the_text_tokens_repeated(minilm_dir):
     assert torch.equal(prompt.embedding.weight.detach(), matrix[expected_ids])
 
 
-@pytest.mark.parametrize(("family", "task"), CASES)
+@pytest.mark.parametrize(("family", "task"), PROMPT_CASES)
 def test_save_then_load_into_a_fresh_base_gives_the_same_logits(family, task, tmp_path):
     method = prompt_tuning(task)
     model = method.attach(tiny_model(family, task))
     train_step(model, tiny_batch(family, task), steps=2)
-    method.save(model, tmp_path)
-    again = prompt_tuning(task)
-    reloaded = again.attach(fresh_base(family, task))
-    assert not torch.equal(logits(reloaded, tiny_batch(family, task)), logits(model, tiny_batch(family, task)))
-    again.load(reloaded, tmp_path)
-    assert torch.equal(logits(reloaded, tiny_batch(family, task)), logits(model, tiny_batch(family, task)))
+    assert_reload_gives_same_logits(method, model, family, task, tmp_path)
 
 
 @pytest.mark.parametrize("family", DECODERS)
@@ -96,12 +80,7 @@ def test_greedy_generation_follows_the_forward_pass(family):
     method = prompt_tuning("causal-lm")
     model = method.attach(tiny_model(family, "causal-lm"))
     train_step(model, tiny_batch(family, "causal-lm"), steps=2)
-    input_ids = tiny_batch(family, "causal-lm")["input_ids"][:2]
-    generated = model.generate(input_ids=input_ids, max_new_tokens=4, do_sample=False, pad_token_id=1)
-    sequence = input_ids
-    for _ in range(4):
-        sequence = torch.cat([sequence, logits(model, {"input_ids": sequence})[:, -1:].argmax(-1)], dim=1)
-    assert torch.equal(generated, sequence)
+    assert_greedy_generation_follows_forward(model, tiny_batch(family, "causal-lm")["input_ids"][:2], new_tokens=4)
 
 
 def test_logits_line_up_with_input_ids():

@@ -5,10 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 from peftjob_trainer.api.spec import MethodSpec
-from peftjob_trainer.methods import build_method, parameter_counts
+from peftjob_trainer.methods import build_method
 from peftjob_trainer.methods.families import UnsupportedModel
 
-from tests.methods.method_checks import changed, fresh_base, logits, snapshot, train_step, trainable_names
+from tests.methods.method_checks import (
+    assert_reload_gives_same_logits,
+    counts_over_base,
+    moved_by_a_step,
+    train_step,
+    trainable_names,
+)
 from tests.methods.tiny_models import HIDDEN, IMAGE, LAYERS, PATCH, head_params, tiny_batch, tiny_model
 
 TOKENS = 5
@@ -49,19 +55,16 @@ def test_deep_prompts_replace_the_previous_layer_prompts():
 
 @pytest.mark.parametrize(("depth", "layers"), [("shallow", 1), ("deep", LAYERS)])
 def test_trainable_count_is_tokens_times_hidden_per_prompted_layer(depth, layers):
-    model = vpt(depth).attach(tiny_model("vit", TASK))
-    trainable, total = parameter_counts(model)
+    trainable, added = counts_over_base(vpt(depth), "vit", TASK)
     assert trainable == TOKENS * HIDDEN * layers + head_params("vit", TASK)
-    assert total == sum(p.numel() for p in tiny_model("vit", TASK).parameters()) + TOKENS * HIDDEN * layers
+    assert added == TOKENS * HIDDEN * layers
 
 
 @pytest.mark.parametrize("depth", ["shallow", "deep"])
 def test_a_step_changes_only_prompts_and_head(depth):
     model = vpt(depth, dropout=0.1).attach(tiny_model("vit", TASK))
     assert trainable_names(model) == {"vpt_prompts.prompts", "classifier.weight", "classifier.bias"}
-    before = snapshot(model)
-    train_step(model, tiny_batch("vit", TASK))
-    assert changed(model, before) == trainable_names(model)
+    assert moved_by_a_step(model, tiny_batch("vit", TASK)) == trainable_names(model)
 
 
 @pytest.mark.parametrize("depth", ["shallow", "deep"])
@@ -69,11 +72,7 @@ def test_save_then_load_into_fresh_base_gives_same_logits(depth, tmp_path):
     method = vpt(depth)
     model = method.attach(tiny_model("vit", TASK))
     train_step(model, tiny_batch("vit", TASK), steps=3)
-    method.save(model, tmp_path)
-    fresh_method = vpt(depth)
-    fresh = fresh_method.attach(fresh_base("vit", TASK))
-    fresh_method.load(fresh, tmp_path)
-    assert torch.equal(logits(fresh, tiny_batch("vit", TASK)), logits(model, tiny_batch("vit", TASK)))
+    assert_reload_gives_same_logits(method, model, "vit", TASK, tmp_path)
 
 
 def test_vpt_is_refused_on_text_models():

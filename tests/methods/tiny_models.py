@@ -90,6 +90,12 @@ def tiny_batch(family: str, task: str, batch: int = 4, length: int = 10, seed: i
 
 FAMILY_TASK_PAIRS = [(family, task) for family, tasks in FAMILY_TASKS.items() for task in tasks]
 
+PROMPT_CASES = [("gpt2", "causal-lm"), ("llama", "causal-lm"), ("bert", "sequence-classification")]
+"""The text families the prompt methods are tested on: both decoders as language models, BERT as a classifier."""
+
+DECODERS = ("gpt2", "llama")
+"""The families that generate."""
+
 
 def head_params(family: str, task: str) -> int:
     """Parameters of the task head: classifier (BERT, ViT) has a bias, score (GPT-2, Llama) none; no head for LM."""

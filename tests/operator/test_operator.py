@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import copy
 import json
+import random
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
+from peftjob_operator import metrics
 from peftjob_operator.settings import OperatorSettings
+from peftjob_trainer import contract
+from peftjob_trainer.progress import Progress
 from tests.kube import EmulatorServer, OperatorThread, wait_for
 
 NS = "ml"
@@ -22,8 +29,9 @@ SETTINGS = OperatorSettings(progress_interval=0.25, trainer_image="trainer:test"
 class Cluster:
     """The emulator and the (restartable) operator in front of it, with the few verbs tests need."""
 
-    def __init__(self, api: EmulatorServer) -> None:
+    def __init__(self, api: EmulatorServer, metrics_url: str) -> None:
         self.api = api
+        self.metrics_url = metrics_url
         self.operator = OperatorThread(api.url, SETTINGS)
 
     def restart_operator(self) -> None:
@@ -69,9 +77,9 @@ class Cluster:
         return wait_for(reached, what=f"{name} phase {phase} {expected}; status {self.status(name)}")
 
     def set_pod(self, pod: str, phase: str, exit_code: int | None = None, message: str = "",
-                reason: str | None = None) -> None:
+                reason: str | None = None, pod_ip: str = "127.0.0.1") -> None:
         """What the kubelet would report: phase, and the trainer container's termination state."""
-        status: dict[str, Any] = {"phase": phase, "podIP": "127.0.0.1"}
+        status: dict[str, Any] = {"phase": phase, "podIP": pod_ip}
         if reason:
             status["reason"] = reason
         if exit_code is not None:
@@ -95,12 +103,22 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
+    """The emulator, the operator, and the operator's /metrics endpoint (as `python -m peftjob_operator` runs it)."""
     with EmulatorServer() as api:
-        cluster = Cluster(api)
+        server = metrics.serve(free_port(), "127.0.0.1")
+        cluster = Cluster(api, f"http://127.0.0.1:{server.server_port}/metrics")
         try:
             yield cluster
         finally:
             cluster.operator.stop()
+            server.shutdown()
+            server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def uids(pods: list[dict[str, Any]]) -> set[str]:
@@ -226,10 +244,44 @@ def test_ttl_deletes_the_finished_job_and_its_children(cluster: Cluster) -> None
 def test_deleting_a_job_removes_its_children(cluster: Cluster) -> None:
     cluster.submit("bye")
     cluster.wait_pods("bye", 2)
+    assert wait_for(lambda: "peft.dev/cleanup" in ((cluster.job("bye") or {})["metadata"].get("finalizers") or []),
+                    what="the operator's finalizer on the job")
     cluster.api.delete(f"{JOBS}/bye")
     wait_for(lambda: cluster.job("bye") is None, what="the job gone (finalizer released)")
     wait_for(lambda: not cluster.pods("bye"), what="pods gone")
     assert cluster.api.get(f"/api/v1/namespaces/{NS}/configmaps/bye-config") is None
+
+
+def test_progress_is_polled_from_rank_zero_and_deleting_the_job_kills_its_mlflow_run(
+        cluster: Cluster, mlflow_server: str) -> None:
+    """Rank 0 runs the trainer's real progress server (on a loopback address of its own, as a pod has its IP);
+    the MLflow run is a real one on the session's MLflow server."""
+    created = requests.post(f"{mlflow_server}/api/2.0/mlflow/runs/create", json={"experiment_id": "0"}, timeout=30)
+    run_id = created.json()["run"]["info"]["run_id"]
+    pod_ip = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(1, 254)}"
+    progress = Progress(total_steps=200)
+    assert progress.serve(contract.PROGRESS_PORT, host=pod_ip) == contract.PROGRESS_PORT
+    try:
+        progress.update(step=50, loss=0.75, throughput=8.0, etaSeconds=90.0, mlflow={"runId": run_id})
+        cluster.submit("watched", spec={**VALID_SPEC, "workers": {"replicas": 2},
+                                      "tracking": {"mlflowTrackingUri": mlflow_server}})
+        for pod in cluster.wait_pods("watched", 2):
+            cluster.set_pod(pod["metadata"]["name"], "Running", pod_ip=pod_ip)
+        status = wait_for(lambda: (s := cluster.status("watched")).get("progress", {}).get("step") == 50 and s,
+                          what="the progress polled from rank 0")
+        assert status["phase"] == "Running" and status["mlflow"]["runId"] == run_id
+        assert {k: status["progress"][k] for k in ("totalSteps", "percent", "loss", "throughput", "eta")} == {
+            "totalSteps": 200, "percent": 25.0, "loss": 0.75, "throughput": 8.0, "eta": "1m30s"}
+        progress.update(step=150, etaSeconds=30.0)
+        wait_for(lambda: cluster.status("watched").get("progress", {}).get("percent") == 75.0,
+                 what="the next poll")
+    finally:
+        progress.close()
+    cluster.api.delete(f"{JOBS}/watched")
+    wait_for(lambda: cluster.job("watched") is None, what="the job deleted once its finalizer ran")
+    run = requests.get(f"{mlflow_server}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=30).json()
+    assert run["run"]["info"]["status"] == "KILLED"
+    assert wait_for(lambda: [e for e in cluster.events("watched") if e["reason"] == "MlflowRunKilled"])
 
 
 def test_spec_edits_other_than_run_policy_are_refused_with_an_event(cluster: Cluster) -> None:
@@ -325,3 +377,35 @@ def test_invalid_jobs_fail_naming_the_field_while_valid_ones_are_served(cluster:
         assert not cluster.pods(name)
     events = wait_for(lambda: [e for e in cluster.events("invalid-0") if e["reason"] == "InvalidSpec"])
     assert "spec.model" in events[0]["message"]
+
+
+def scrape(cluster: Cluster) -> dict[str, float]:
+    """The operator's /metrics over real HTTP, as `name{label="value"}` -> value."""
+    text = requests.get(cluster.metrics_url, timeout=10).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def test_metrics_expose_jobs_by_phase_restarts_and_reconcile_latency(cluster: Cluster) -> None:
+    before = scrape(cluster)
+    cluster.submit("measured", run_policy={"backoffLimit": 1})
+    first = cluster.wait_pods("measured", 2)
+    cluster.run_all("measured")
+    cluster.set_pod("measured-worker-0", "Failed", 137)
+    cluster.wait_pods("measured", 2, exclude_uids=uids(first))
+    cluster.wait_phase("measured", "Created", restarts=1)
+    after = scrape(cluster)
+    assert after["peftjob_gang_restarts_total"] - before.get("peftjob_gang_restarts_total", 0) == 1
+    assert after["peftjob_reconcile_seconds_count"] > before.get("peftjob_reconcile_seconds_count", 0)
+    assert after["peftjob_reconcile_seconds_sum"] > 0
+
+    def phases_agree() -> bool:
+        jobs = cluster.api.list(JOBS)
+        gauge = scrape(cluster)
+        return all(gauge[f'peftjob_jobs{{phase="{phase}"}}'] == sum(
+            (job.get("status") or {}).get("phase") == phase for job in jobs) for phase in metrics.PHASES)
+    wait_for(phases_agree, what="the phase gauge to count the jobs the API server holds")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -248,3 +249,20 @@ def test_bad_data_fails_with_a_clear_message_and_a_user_error_code(workdir):
     message = result(workdir, "baddata")["error"]
     assert message.startswith("bad.jsonl:3: label 7 out of range")
     assert "Traceback" not in output and "bad.jsonl:3: label 7 out of range" in output
+
+
+def test_ctrl_c_stops_every_rank(workdir):
+    import psutil
+
+    process = launch(workdir, "interrupted", spec(LORA, replicas=2, processes=1), {})
+    parent = psutil.Process(process.pid)
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    while len(parent.children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ranks = parent.children(recursive=True)
+    assert len(ranks) >= 2
+    process.send_signal(signal.SIGINT)
+    code, output = finish(process)
+    assert code == 130 and "stopped all ranks" in output
+    gone, alive = psutil.wait_procs(ranks, timeout=5)
+    assert not alive, f"ranks still running after Ctrl-C: {alive}"

@@ -17,8 +17,8 @@ from torch import nn
 
 from ..api.spec import AdapterSpec
 from .base import PeftMethod
-from .families import adapter_sites, backbone, dims, family_of, head_names
-from .params import collect_state, freeze, load_state, unfreeze_heads
+from .families import adapter_sites, backbone, dims, family_of
+from .params import freeze, unfreeze_heads
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "swish": nn.SiLU}
 
@@ -85,12 +85,3 @@ class Adapter(PeftMethod):
                     module.requires_grad_(True)
         unfreeze_heads(model, family, self.task, self.config.train_head)
         return model
-
-    def _heads(self, model: Any) -> list[str]:
-        return head_names(model, family_of(model), self.task)
-
-    def trainable_state(self, model: Any) -> dict[str, Any]:
-        return collect_state(model, self._heads(model))
-
-    def load_trainable_state(self, model: Any, state: dict[str, Any]) -> None:
-        load_state(model, self._heads(model), state)

@@ -3,6 +3,8 @@
 A method is built from its spec section (pure), then attached to a Hugging Face model: it adds its own
 parameters, freezes everything else (except what the method says trains, e.g. the task head), and wraps the
 model when it must change the inputs (soft prompts). The trainer only ever talks to this interface.
+What a method saves is the same rule for all of them (params.py: every trainable parameter plus the task
+head), so `trainable_state` and its inverse are implemented here once.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..api.spec import MethodBase
+from .families import family_of, head_names
+from .params import collect_state, load_state
 
 
 class PeftMethod(ABC):
@@ -34,13 +38,17 @@ class PeftMethod(ABC):
         read `ds_shape` or gather with `deepspeed.zero.GatheredParameters`, on every rank.
         """
 
-    @abstractmethod
+    def task_heads(self, model: Any) -> list[str]:
+        """The attached model's task-head modules: saved even when frozen, as a fresh base draws them at random."""
+        return head_names(model, family_of(model), self.task)
+
     def trainable_state(self, model: Any) -> dict[str, Any]:
         """The full trainable state (CPU tensors, gathered on every rank under ZeRO-3), keyed stably."""
+        return collect_state(model, self.task_heads(model))
 
-    @abstractmethod
     def load_trainable_state(self, model: Any, state: dict[str, Any]) -> None:
         """Inverse of `trainable_state` on a freshly attached model."""
+        load_state(model, self.task_heads(model), state)
 
     def peft_export(self, model: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """(adapter_config.json content, adapter_model.safetensors tensors) in `peft`'s layout, or None."""

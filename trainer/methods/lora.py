@@ -18,13 +18,10 @@ from transformers.pytorch_utils import Conv1D
 
 from ..api.spec import LoraSpec
 from .base import PeftMethod
-from .families import UnsupportedModel, default_lora_targets, family_of, head_names
-from .params import collect_state, freeze, load_state, unfreeze_heads
+from .families import UnsupportedModel, default_lora_targets, family_of
+from .params import freeze, unfreeze_heads
+from .saving import PEFT_TASK_TYPES
 from .zero import gathered
-
-PEFT_TASK_TYPES = {"causal-lm": "CAUSAL_LM", "sequence-classification": "SEQ_CLS"}
-"""Our task -> peft's task_type (peft has none for image classification: the head goes in modules_to_save)."""
-
 
 class LoraLinear(nn.Module):
     """A frozen Linear/Conv1D plus a trainable low-rank update."""
@@ -113,15 +110,6 @@ class Lora(PeftMethod):
             return None
         return self.config.target_modules or default_lora_targets(model, family_of(model))
 
-    def _heads(self, model: Any) -> list[str]:
-        return head_names(model, family_of(model), self.task)
-
-    def trainable_state(self, model: Any) -> dict[str, Any]:
-        return collect_state(model, self._heads(model))
-
-    def load_trainable_state(self, model: Any, state: dict[str, Any]) -> None:
-        load_state(model, self._heads(model), state)
-
     def merge(self, model: Any) -> None:
         """Fold every update into its base weight: zero extra latency at inference."""
         for layer in lora_layers(model):
@@ -136,7 +124,7 @@ class Lora(PeftMethod):
 
     def peft_export(self, model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """peft's LoraConfig and weights: our keys under `base_model.model.`, heads as modules_to_save."""
-        heads = self._heads(model)
+        heads = self.task_heads(model)
         state = self.trainable_state(model)
         targets: list[str] | str = self.config.target_pattern or self._targets(model) or []
         config = {

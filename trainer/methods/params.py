@@ -46,12 +46,17 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def state_parameters(model: torch.nn.Module, heads: list[str]) -> dict[str, torch.nn.Parameter]:
-    """The parameters a method saves: all trainable ones plus the heads', keyed by their names in `model`."""
-    head_prefixes = tuple(f"{name}." for name in heads)
+    """The parameters a method saves: all trainable ones plus the heads', keyed by their names in `model`.
+
+    Heads are matched by identity, not name prefix, because a wrapper that forwards attribute access to the
+    base model (the prompt methods' PromptedModel) finds `classifier` although its parameters are named
+    `model.classifier.*`.
+    """
+    head_params = {id(param) for name in heads for param in model.get_submodule(name).parameters()}
     return {
         name: param
         for name, param in model.named_parameters()
-        if param.requires_grad or name.startswith(head_prefixes)
+        if param.requires_grad or id(param) in head_params
     }
 
 

@@ -31,7 +31,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from ..api.spec import PrefixTuningSpec
 from .base import PeftMethod
 from .families import dims, family_of, layers
-from .params import collect_state, freeze, load_state, unfreeze_heads
+from .params import freeze, unfreeze_heads
 from .prompt_tuning import peft_config, peft_heads
 from .zero import gathered
 
@@ -142,7 +142,7 @@ class PrefixTuning(PeftMethod):
     def attach(self, model: Any) -> Any:
         family = family_of(model, self.spec_name)
         freeze(model)
-        self.heads = unfreeze_heads(model, family, self.task, self.config.train_head)
+        unfreeze_heads(model, family, self.task, self.config.train_head)
         size = dims(model)
         encoder = PrefixEncoder(
             self.config.num_virtual_tokens,
@@ -168,26 +168,21 @@ class PrefixTuning(PeftMethod):
         model.config._attn_implementation = ATTENTION
         return model
 
-    def trainable_state(self, model: Any) -> dict[str, Any]:
-        return collect_state(model, self.heads)
-
-    def load_trainable_state(self, model: Any, state: dict[str, Any]) -> None:
-        load_state(model, self.heads, state)
-
     def peft_export(self, model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         encoder: PrefixEncoder = model.get_submodule(ENCODER)
         with torch.no_grad(), gathered(encoder.parameters()):
             prefixes = encoder.flat().detach().to("cpu", torch.float32).contiguous()
         size = dims(model)
+        heads = self.task_heads(model)
         config = peft_config(
             "PREFIX_TUNING",
             self.task,
             model,
             self.config.num_virtual_tokens,
-            self.heads,
+            heads,
             prefix_projection=self.config.projection,
             encoder_hidden_size=self.config.projection_hidden_size,
         )
         # peft sizes prefixes by key/value heads (GQA), see its _prepare_prompt_learning_config
         config |= {"token_dim": size.num_key_value_heads * size.head_dim, "num_attention_heads": size.num_key_value_heads}
-        return config, {"prompt_embeddings": prefixes} | peft_heads(model, self.heads)
+        return config, {"prompt_embeddings": prefixes} | peft_heads(model, heads)

@@ -17,11 +17,10 @@ from torch import nn
 from ..api.spec import PromptTuningSpec
 from .base import PeftMethod
 from .families import dims, family_of
-from .params import collect_state, freeze, load_state, unfreeze_heads
+from .params import freeze, unfreeze_heads
 from .prompt_wrapper import PromptedModel
+from .saving import PEFT_TASK_TYPES
 from .zero import cpu_copy, gathered
-
-PEFT_TASK_TYPES = {"causal-lm": "CAUSAL_LM", "sequence-classification": "SEQ_CLS"}
 
 
 class SoftPrompt(nn.Module):
@@ -86,7 +85,7 @@ class PromptTuning(PeftMethod):
     def attach(self, model: Any) -> PromptedModel:
         family = family_of(model, self.spec_name)
         freeze(model)
-        self.heads = unfreeze_heads(model, family, self.task, self.config.train_head)
+        unfreeze_heads(model, family, self.task, self.config.train_head)
         size = dims(model)
         prompt = SoftPrompt(self.config.num_virtual_tokens, size.hidden_size)
         initial = self._initial_embeddings(model)
@@ -112,22 +111,17 @@ class PromptTuning(PeftMethod):
             ids = torch.tensor(text_token_ids(tokenizer, self.config.init_text or "", count))
         return embedding_rows(model.get_input_embeddings(), ids)
 
-    def trainable_state(self, model: PromptedModel) -> dict[str, Any]:
-        return collect_state(model, [f"model.{name}" for name in self.heads])
-
-    def load_trainable_state(self, model: PromptedModel, state: dict[str, Any]) -> None:
-        load_state(model, [f"model.{name}" for name in self.heads], state)
-
     def peft_export(self, model: PromptedModel) -> tuple[dict[str, Any], dict[str, Any]]:
         tensors = {"prompt_embeddings": cpu_copy({"w": model.prompt.embedding.weight})["w"]}
-        tensors |= peft_heads(model.model, self.heads)
+        heads = self.task_heads(model)
+        tensors |= peft_heads(model.model, heads)
         init = {"random": "RANDOM", "vocab": "SAMPLE_VOCAB", "text": "TEXT"}[self.config.init]
         config = peft_config(
             "PROMPT_TUNING",
             self.task,
             model.model,
             self.config.num_virtual_tokens,
-            self.heads,
+            heads,
             prompt_tuning_init=init,
             prompt_tuning_init_text=self.config.init_text,
             tokenizer_name_or_path=getattr(model.model, "name_or_path", None) or None,

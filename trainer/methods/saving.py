@@ -29,6 +29,8 @@ STATE_FILE = "trainable.safetensors"
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 SAFETENSORS_METADATA = {"format": "pt"}
+PEFT_TASK_TYPES = {"causal-lm": "CAUSAL_LM", "sequence-classification": "SEQ_CLS"}
+"""Our task -> peft's task_type (peft has none for image classification: the head goes in modules_to_save)."""
 
 
 def peftjob_version() -> str:

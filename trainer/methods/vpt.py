@@ -19,8 +19,8 @@ from torch import nn
 
 from ..api.spec import VptSpec
 from .base import PeftMethod
-from .families import dims, embeddings, family_of, head_names, layers
-from .params import collect_state, freeze, load_state, unfreeze_heads
+from .families import dims, embeddings, family_of, layers
+from .params import freeze, unfreeze_heads
 
 PROMPTS_MODULE = "vpt_prompts"
 
@@ -87,12 +87,3 @@ class Vpt(PeftMethod):
             )
         unfreeze_heads(model, family, self.task, self.config.train_head)
         return model
-
-    def _heads(self, model: Any) -> list[str]:
-        return head_names(model, family_of(model), self.task)
-
-    def trainable_state(self, model: Any) -> dict[str, Any]:
-        return collect_state(model, self._heads(model))
-
-    def load_trainable_state(self, model: Any, state: dict[str, Any]) -> None:
-        load_state(model, self._heads(model), state)
