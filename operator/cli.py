@@ -61,8 +61,6 @@ def _run(args: argparse.Namespace) -> int:
     except ImportError as error:
         print(f"peftjob run needs the trainer extra (pip install 'peftjob[trainer]'): {error}", file=sys.stderr)
         return 1
-    if _load_or_report(args.file) is None:
-        return 1
     return run_locally(args.file)
 
 

@@ -78,6 +78,7 @@ def train(job: PEFTJob) -> dict[str, Any]:
     tracker = Tracker(job, enabled=rank.is_main)
     progress = Progress(steps)
     if rank.is_main:
+        progress.update(mlflow={"runId": tracker.run_id})  # lets the operator close the run if the job is deleted
         progress.serve(int(os.environ.get(ENV_PROGRESS_PORT, PROGRESS_PORT) or 0))
 
     step = position = 0

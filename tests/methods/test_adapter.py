@@ -9,12 +9,7 @@ from peftjob_trainer.methods import build_method, parameter_counts
 from peftjob_trainer.methods.adapter import WithAdapter
 
 from tests.methods.method_checks import (
-    assert_reload_gives_same_logits,
-    counts_over_base,
-    logits,
-    moved_by_a_step,
-    train_step,
-    trainable_names,
+    assert_reload_gives_same_logits, counts_over_base, logits, moved_by_a_step, train_step, trainable_names,
 )
 from tests.methods.tiny_models import FAMILY_TASK_PAIRS, HIDDEN, LAYERS, head_params, tiny_batch, tiny_model
 

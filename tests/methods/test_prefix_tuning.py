@@ -5,24 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from tests.methods.method_checks import (
-    assert_greedy_generation_follows_forward,
-    assert_reload_gives_same_logits,
-    counts_over_base,
-    logits,
-    moved_by_a_step,
-    train_step,
-    trainable_names,
+    assert_greedy_generation_follows_forward, assert_reload_gives_same_logits, counts_over_base, logits,
+    moved_by_a_step, train_step, trainable_names,
 )
 from tests.methods.tiny_models import (
-    DECODERS,
-    HEADS,
-    HIDDEN,
-    KV_HEADS,
-    LAYERS,
-    PROMPT_CASES,
-    head_params,
-    tiny_batch,
-    tiny_model,
+    DECODERS, HEADS, HIDDEN, KV_HEADS, LAYERS, PROMPT_CASES, head_params, tiny_batch, tiny_model,
 )
 
 from peftjob_trainer.api.spec import MethodSpec

@@ -6,12 +6,8 @@ import pytest
 import torch
 import transformers
 from tests.methods.method_checks import (
-    assert_greedy_generation_follows_forward,
-    assert_reload_gives_same_logits,
-    counts_over_base,
-    moved_by_a_step,
-    train_step,
-    trainable_names,
+    assert_greedy_generation_follows_forward, assert_reload_gives_same_logits, counts_over_base, moved_by_a_step,
+    train_step, trainable_names,
 )
 from tests.methods.tiny_models import DECODERS, HIDDEN, PROMPT_CASES, head_params, tiny_batch, tiny_model
 

@@ -9,11 +9,7 @@ from peftjob_trainer.methods import build_method
 from peftjob_trainer.methods.families import UnsupportedModel
 
 from tests.methods.method_checks import (
-    assert_reload_gives_same_logits,
-    counts_over_base,
-    moved_by_a_step,
-    train_step,
-    trainable_names,
+    assert_reload_gives_same_logits, counts_over_base, moved_by_a_step, train_step, trainable_names,
 )
 from tests.methods.tiny_models import HIDDEN, IMAGE, LAYERS, PATCH, head_params, tiny_batch, tiny_model
 

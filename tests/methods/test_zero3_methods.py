@@ -1,5 +1,6 @@
-"""ZeRO-3 safety: 2 CPU ranks under `deepspeed.zero.Init` attach LoRA, train, export and merge exactly as one
-plain process does (real torchrun + DeepSpeed processes, gloo)."""
+"""ZeRO-3 safety: one launch of 2 CPU ranks under `deepspeed.zero.Init` attaches LoRA (and merges it), Prompt
+Tuning (vocabulary init), P-Tuning and Prefix-Tuning, trains and exports exactly as one plain process does (real
+torchrun + DeepSpeed processes, gloo). One launch for all methods, as each costs tens of seconds."""
 
 from __future__ import annotations
 
@@ -9,27 +10,32 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.methods.tiny_models import tiny_model
-from tests.methods.zero3_lora_worker import run
+from tests.methods.zero3_worker import LORA_LOGITS, METHODS, run
 
-WORKER = Path(__file__).with_name("zero3_lora_worker.py")
+pytestmark = pytest.mark.slow
+
+WORKER = Path(__file__).with_name("zero3_worker.py")
 TOLERANCE = 1e-5  # fp32; the ranks reduce gradients in another order than one process sums them
+FILES = ["adapter_model.safetensors", "trainable.safetensors"]
 
 
 def free_port() -> int:
+    """A port nobody listens on, for torchrun's rendezvous."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> tuple[Path, Path]:
-    """(plain output, ZeRO-3 output) for the same saved tiny GPT-2, LoRA spec, seed and batch."""
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(plain output, ZeRO-3 output) for the same saved tiny GPT-2, method specs, seed and batch."""
     root = tmp_path_factory.mktemp("zero3")
     model = tiny_model("gpt2", "causal-lm")
     model.config.update({"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0})
@@ -48,45 +54,47 @@ def runs(tmp_path_factory) -> tuple[Path, Path]:
     return plain, zero3
 
 
-@pytest.mark.slow
-def test_the_backbone_really_was_partitioned(runs):
+def results(path: Path) -> dict[str, Any]:
+    """What a run recorded per method: counts, losses, whether the backbone was partitioned."""
+    return json.loads((path / "result.json").read_text())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_backbone_was_partitioned_and_counts_are_full_size(runs, method):
     plain, zero3 = runs
-    assert json.loads((zero3 / "result.json").read_text())["partitioned"]
-    assert not json.loads((plain / "result.json").read_text())["partitioned"]
+    assert results(zero3)[method]["partitioned"] and not results(plain)[method]["partitioned"]
+    counts = results(zero3)[method]["counts"]
+    assert counts == results(plain)[method]["counts"]
+    assert counts[0] < counts[1]
 
 
-@pytest.mark.slow
-def test_parameter_counts_are_full_size_under_zero3(runs):
-    counts = [json.loads((out / "result.json").read_text())["counts"] for out in runs]
-    assert counts[0] == counts[1]
-    assert counts[0][0] < counts[0][1]
-
-
-@pytest.mark.slow
-def test_losses_match_the_plain_process(runs):
+@pytest.mark.parametrize("method", METHODS)
+def test_losses_match_the_plain_process(runs, method):
     plain, zero3 = runs
-    ours = json.loads((zero3 / "result.json").read_text())["losses"]
-    reference = json.loads((plain / "result.json").read_text())["losses"]
-    assert ours == pytest.approx(reference, abs=TOLERANCE)
+    assert results(zero3)[method]["losses"] == pytest.approx(results(plain)[method]["losses"], abs=TOLERANCE)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("file", ["adapter_model.safetensors", "trainable.safetensors"])
-def test_exported_adapter_matches_the_plain_process(runs, file):
+@pytest.mark.parametrize("file", FILES)
+@pytest.mark.parametrize("method", METHODS)
+def test_exported_adapter_matches_the_plain_process(runs, method, file):
     plain, zero3 = runs
-    ours = load_file(zero3 / "adapter" / file)
-    reference = load_file(plain / "adapter" / file)
+    ours = load_file(zero3 / method / file)
+    reference = load_file(plain / method / file)
     assert set(ours) == set(reference)
     for key, tensor in reference.items():
         assert ours[key].shape == tensor.shape
         assert torch.allclose(ours[key], tensor, atol=TOLERANCE), key
-    assert any(tensor.abs().max() > 0 for key, tensor in ours.items() if "lora_B" in key)  # it really trained
 
 
-@pytest.mark.slow
-def test_merge_under_zero3_keeps_the_outputs_and_matches_plain(runs):
+@pytest.mark.parametrize("file", FILES)
+def test_lora_really_trained_under_zero3(runs, file):
+    ours = load_file(runs[1] / "lora" / file)
+    assert any(tensor.abs().max() > 0 for key, tensor in ours.items() if "lora_B" in key)
+
+
+def test_lora_merge_under_zero3_keeps_the_outputs_and_matches_plain(runs):
     plain, zero3 = runs
-    ours = torch.load(zero3 / "logits.pt")
-    reference = torch.load(plain / "logits.pt")
+    ours = torch.load(zero3 / LORA_LOGITS)
+    reference = torch.load(plain / LORA_LOGITS)
     assert torch.allclose(ours["merged"], ours["unmerged"], atol=TOLERANCE)
     assert torch.allclose(ours["merged"], reference["merged"], atol=TOLERANCE)

@@ -17,8 +17,7 @@ from torch import nn
 
 from ..api.spec import AdapterSpec
 from .base import PeftMethod
-from .families import adapter_sites, backbone, dims, family_of
-from .params import freeze, unfreeze_heads
+from .families import adapter_sites, backbone, dims
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "swish": nn.SiLU}
 
@@ -66,9 +65,8 @@ class Adapter(PeftMethod):
     config: AdapterSpec
 
     def attach(self, model: Any) -> Any:
-        family = family_of(model, self.spec_name)
+        family = self.prepare(model)
         hidden = dims(model).hidden_size
-        freeze(model)
         for site in adapter_sites(model, family):
             parent, _, child = site.rpartition(".")
             owner = model.get_submodule(parent)
@@ -83,5 +81,4 @@ class Adapter(PeftMethod):
             for module in backbone(model).modules():
                 if is_norm(module):
                     module.requires_grad_(True)
-        unfreeze_heads(model, family, self.task, self.config.train_head)
         return model

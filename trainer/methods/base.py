@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..api.spec import MethodBase
-from .families import family_of, head_names
-from .params import collect_state, load_state
+from .families import Family, family_of, head_names
+from .params import collect_state, freeze, load_state, unfreeze_heads
 
 
 class PeftMethod(ABC):
@@ -37,6 +37,14 @@ class PeftMethod(ABC):
         causal LMs it also has `generate(...)`. Under ZeRO-3 the base weights are partitioned placeholders:
         read `ds_shape` or gather with `deepspeed.zero.GatheredParameters`, on every rank.
         """
+
+    def prepare(self, model: Any) -> Family:
+        """What every `attach` starts with: refuse an unsupported model x method pair by name, freeze every
+        weight, and let the task head train as `trainHead` says; returns the model's family."""
+        family = family_of(model, self.spec_name)
+        freeze(model)
+        unfreeze_heads(model, family, self.task, self.config.train_head)
+        return family
 
     def task_heads(self, model: Any) -> list[str]:
         """The attached model's task-head modules: saved even when frozen, as a fresh base draws them at random."""

@@ -19,7 +19,6 @@ from transformers.pytorch_utils import Conv1D
 from ..api.spec import LoraSpec
 from .base import PeftMethod
 from .families import UnsupportedModel, default_lora_targets, family_of
-from .params import freeze, unfreeze_heads
 from .saving import PEFT_TASK_TYPES
 from .zero import gathered
 
@@ -95,14 +94,12 @@ class Lora(PeftMethod):
     config: LoraSpec
 
     def attach(self, model: Any) -> Any:
-        family = family_of(model, self.spec_name)
-        freeze(model)
+        self.prepare(model)
         for name in find_targets(model, self._targets(model), self.config.target_pattern):
             parent, _, child = name.rpartition(".")
             owner = model.get_submodule(parent)
             wrapped = LoraLinear(getattr(owner, child), self.config.r, self.config.alpha, self.config.dropout)
             setattr(owner, child, wrapped)
-        unfreeze_heads(model, family, self.task, self.config.train_head)
         return model
 
     def _targets(self, model: Any) -> list[str] | None:

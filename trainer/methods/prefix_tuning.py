@@ -31,7 +31,6 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from ..api.spec import PrefixTuningSpec
 from .base import PeftMethod
 from .families import dims, family_of, layers
-from .params import freeze, unfreeze_heads
 from .prompt_tuning import peft_config, peft_heads
 from .zero import gathered
 
@@ -140,9 +139,7 @@ class PrefixTuning(PeftMethod):
     config: PrefixTuningSpec
 
     def attach(self, model: Any) -> Any:
-        family = family_of(model, self.spec_name)
-        freeze(model)
-        unfreeze_heads(model, family, self.task, self.config.train_head)
+        self.prepare(model)
         size = dims(model)
         encoder = PrefixEncoder(
             self.config.num_virtual_tokens,

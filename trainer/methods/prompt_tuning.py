@@ -16,8 +16,7 @@ from torch import nn
 
 from ..api.spec import PromptTuningSpec
 from .base import PeftMethod
-from .families import dims, family_of
-from .params import freeze, unfreeze_heads
+from .families import dims
 from .prompt_wrapper import PromptedModel
 from .saving import PEFT_TASK_TYPES
 from .zero import cpu_copy, gathered
@@ -83,9 +82,7 @@ class PromptTuning(PeftMethod):
     """Used by init "text"; the trainer sets it, else it is loaded from the model's name_or_path."""
 
     def attach(self, model: Any) -> PromptedModel:
-        family = family_of(model, self.spec_name)
-        freeze(model)
-        unfreeze_heads(model, family, self.task, self.config.train_head)
+        self.prepare(model)
         size = dims(model)
         prompt = SoftPrompt(self.config.num_virtual_tokens, size.hidden_size)
         initial = self._initial_embeddings(model)

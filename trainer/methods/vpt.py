@@ -19,8 +19,7 @@ from torch import nn
 
 from ..api.spec import VptSpec
 from .base import PeftMethod
-from .families import dims, embeddings, family_of, layers
-from .params import freeze, unfreeze_heads
+from .families import dims, embeddings, layers
 
 PROMPTS_MODULE = "vpt_prompts"
 
@@ -65,8 +64,7 @@ class Vpt(PeftMethod):
     config: VptSpec
 
     def attach(self, model: Any) -> Any:
-        family = family_of(model, self.spec_name)
-        freeze(model)
+        family = self.prepare(model)
         sizes = dims(model)
         _, blocks = layers(model, family)
         depth = sizes.num_layers if self.config.depth == "deep" else 1
@@ -85,5 +83,4 @@ class Vpt(PeftMethod):
             blocks[index].register_forward_pre_hook(
                 functools.partial(prompts.before_block, depth=index), with_kwargs=True
             )
-        unfreeze_heads(model, family, self.task, self.config.train_head)
         return model
