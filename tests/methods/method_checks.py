@@ -61,6 +61,13 @@ def moved_by_a_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> s
     return moved
 
 
+def assert_a_step_trains_only(model: torch.nn.Module, batch: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> None:
+    """One step moves every trainable parameter and nothing else, and all of them live under `prefixes`."""
+    moved = moved_by_a_step(model, batch)
+    assert moved == trainable_names(model)
+    assert all(name.startswith(prefixes) for name in moved)
+
+
 def counts_over_base(method: PeftMethod, family: str, task: str) -> tuple[int, int]:
     """(trainable parameters, parameters added to the base) once `method` is attached to the tiny model."""
     base_total = sum(param.numel() for param in tiny_model(family, task).parameters())
