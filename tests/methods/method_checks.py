@@ -61,7 +61,9 @@ def moved_by_a_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> s
     return moved
 
 
-def assert_a_step_trains_only(model: torch.nn.Module, batch: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> None:
+def assert_a_step_trains_only(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], prefixes: tuple[str, ...]
+) -> None:
     """One step moves every trainable parameter and nothing else, and all of them live under `prefixes`."""
     moved = moved_by_a_step(model, batch)
     assert moved == trainable_names(model)

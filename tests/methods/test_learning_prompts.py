@@ -12,10 +12,10 @@ from peftjob_trainer.methods import build_method
 MARGIN = 0.1  # "clearly better" than the frozen baseline, in held-out accuracy
 RECIPES = [  # (method, its fields, the training schedule)
     pytest.param("promptTuning", {"numVirtualTokens": 10}, {"lr": 1e-2, "epochs": 3}, id="promptTuning"),
-    pytest.param(
-        "pTuning", {"numVirtualTokens": 10, "encoder": "lstm"}, {"lr": 1e-2, "epochs": 3}, id="pTuning",
-        marks=pytest.mark.xfail(strict=True, reason="no P-Tuning recipe found yet that beats the baseline (0.51)"),
-    ),
+    # The default (MLP) encoder at peft's P-Tuning example rate. Adam moves every encoder weight by ~lr, so at
+    # Prompt Tuning's 1e-2 the encoded tokens' norms reach hundreds of times the word embeddings' (~1) within an
+    # epoch; after the embedding LayerNorm the LSTM encoder's tokens collapse to one vector (held-out 0.51).
+    pytest.param("pTuning", {"numVirtualTokens": 10, "encoder": "mlp"}, {"lr": 1e-3, "epochs": 4}, id="pTuning"),
     pytest.param("prefixTuning", {"numVirtualTokens": 10, "projectionHiddenSize": 128}, {"lr": 1e-3, "epochs": 3},
                  id="prefixTuning"),
 ]

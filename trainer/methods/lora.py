@@ -22,6 +22,7 @@ from .families import UnsupportedModel, default_lora_targets, family_of
 from .saving import PEFT_TASK_TYPES
 from .zero import gathered
 
+
 class LoraLinear(nn.Module):
     """A frozen Linear/Conv1D plus a trainable low-rank update."""
 
