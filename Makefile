@@ -3,6 +3,8 @@
 VENV   := .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# operator/ in the repository root would shadow the standard library's `operator` for `python -m` run from here.
+export PYTHONSAFEPATH := 1
 
 .PHONY: setup quickstart test crd tools
 

@@ -4,6 +4,9 @@
 # torch is installed first and pinned: any looser spelling asked for first pulls a multi-GB CUDA build on CPU
 # machines. DeepSpeed builds without isolation so its build sees that torch instead of fetching another one.
 set -euo pipefail
+# The repository root holds operator/, which would shadow the standard library's `operator` for `python -m`
+# started here (before anything else imported it); safe-path mode keeps the working directory off sys.path.
+export PYTHONSAFEPATH=1
 target="${1:?usage: scripts/install.sh operator|trainer|dev [python]}"
 python="${2:-python}"
 torch_spec="${PEFTJOB_TORCH_SPEC:-torch==2.13.0}"

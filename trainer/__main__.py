@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ranks = [
         processes.start(
-            [sys.executable, "-m", "peftjob_trainer", "--config", args.config],
+            [sys.executable, "-P", "-m", "peftjob_trainer", "--config", args.config],
             {**os.environ, "RANK": str(node_rank * nproc + local), "LOCAL_RANK": str(local), "WORLD_SIZE": world_size},
         )
         for local in range(nproc)

@@ -56,7 +56,8 @@ def main(path: str) -> int:
                 config_path=str(config), result_file=str(result_file), tracking_uri=tracking,
             ),
         }
-        launchers.append(processes.start([sys.executable, "-m", "peftjob_trainer"], env))
+        # -P: the working directory (a checkout holds operator/) must not shadow the standard library.
+        launchers.append(processes.start([sys.executable, "-P", "-m", "peftjob_trainer"], env))
     world = spec.workers.world_size
     print(f"peftjob: {name}: {spec.workers.replicas} worker(s) x {spec.workers.processes_per_worker} rank(s) = {world}")
     try:

@@ -18,19 +18,20 @@ collection):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import attrs
 import kmock
-import requests
 import yaml
 
 from tests.e2e.fake_node import FakeNode
@@ -173,35 +174,38 @@ class NodeThread:
 
 
 class PhaseTimeline:
-    """Every phase a PEFTJob goes through, seen on a watch (a poll could miss a short-lived phase)."""
+    """Every phase a PEFTJob goes through, seen on a watch (a poll could miss a short-lived phase).
+
+    The watch runs on its own loop so that close() can cancel a read that waits for the next event.
+    """
 
     def __init__(self, url: str, namespace: str, name: str) -> None:
         self.name = name
         self.events: list[tuple[float, str, dict[str, Any]]] = []
         self._start = time.monotonic()
-        self._stop = threading.Event()
-        self._response = requests.get(
-            f"{url}/apis/peft.dev/v1alpha1/namespaces/{namespace}/peftjobs", params={"watch": "true"}, stream=True,
-            timeout=(5, None),
+        self._thread = _LoopThread(f"timeline-{name}")
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] = self._thread.run(
+            self._watch(f"{url}/apis/peft.dev/v1alpha1/namespaces/{namespace}/peftjobs")
         )
-        self._thread = threading.Thread(target=self._read, name=f"timeline-{name}", daemon=True)
-        self._thread.start()
 
-    def _read(self) -> None:
-        try:
-            for line in self._response.iter_lines():
-                if self._stop.is_set():
-                    return
-                if not line:
-                    continue
-                obj = json.loads(line).get("object", {})
-                status = obj.get("status") or {}
-                phase = status.get("phase")
-                fresh = not self.events or self.events[-1][1] != phase
-                if obj.get("metadata", {}).get("name") == self.name and phase and fresh:
-                    self.events.append((time.monotonic() - self._start, phase, status))
-        except (requests.RequestException, AttributeError):
-            return  # the stream is closed when the test ends
+    async def _watch(self, url: str) -> asyncio.Task[None]:
+        """Open the watch (so nothing after this returns is missed) and read it in a task."""
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+        response = await self._session.get(url, params={"watch": "true"})
+        response.raise_for_status()
+        return asyncio.create_task(self._read(response))
+
+    async def _read(self, response: aiohttp.ClientResponse) -> None:
+        async for line in response.content:
+            if not line.strip():
+                continue
+            obj = json.loads(line).get("object", {})
+            status = obj.get("status") or {}
+            phase = status.get("phase")
+            fresh = not self.events or self.events[-1][1] != phase
+            if obj.get("metadata", {}).get("name") == self.name and phase and fresh:
+                self.events.append((time.monotonic() - self._start, phase, status))
 
     @property
     def phases(self) -> list[str]:
@@ -215,8 +219,15 @@ class PhaseTimeline:
         )
 
     def close(self) -> None:
-        self._stop.set()
-        self._response.close()
+        async def stop() -> None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            assert self._session is not None
+            await self._session.close()
+
+        self._thread.run(stop())
+        self._thread.stop()
 
 
 @dataclass
