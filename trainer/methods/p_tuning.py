@@ -18,8 +18,7 @@ from torch import nn
 
 from ..api.spec import PTuningSpec
 from .base import PeftMethod
-from .families import dims, family_of
-from .params import collect_state, freeze, load_state, unfreeze_heads
+from .families import dims
 from .prompt_tuning import peft_config, peft_heads
 from .prompt_wrapper import PSEUDO_TOKEN_ID, PromptedModel
 from .zero import gathered
@@ -104,9 +103,7 @@ class PTuning(PeftMethod):
     config: PTuningSpec
 
     def attach(self, model: Any) -> PromptedModel:
-        family = family_of(model, self.spec_name)
-        freeze(model)
-        self.heads = unfreeze_heads(model, family, self.task, self.config.train_head)
+        self.prepare(model)
         encoder = PromptEncoder(
             self.config.num_virtual_tokens,
             dims(model).hidden_size,
@@ -115,24 +112,19 @@ class PTuning(PeftMethod):
         )
         return PromptedModel(model, encoder, self.task, prepend=self.config.template is None)
 
-    def trainable_state(self, model: PromptedModel) -> dict[str, Any]:
-        return collect_state(model, [f"model.{name}" for name in self.heads])
-
-    def load_trainable_state(self, model: PromptedModel, state: dict[str, Any]) -> None:
-        load_state(model, [f"model.{name}" for name in self.heads], state)
-
     def peft_export(self, model: PromptedModel) -> tuple[dict[str, Any], dict[str, Any]] | None:
         if self.config.template is not None:
             return None
         with torch.no_grad(), gathered(model.prompt.parameters()):
             embeddings = model.prompt().detach().to("cpu", torch.float32).contiguous()
-        tensors = {"prompt_embeddings": embeddings} | peft_heads(model.model, self.heads)
+        heads = self.task_heads(model)
+        tensors = {"prompt_embeddings": embeddings} | peft_heads(model.model, heads)
         config = peft_config(
             "P_TUNING",
             self.task,
             model.model,
             self.config.num_virtual_tokens,
-            self.heads,
+            heads,
             encoder_reparameterization_type=self.config.encoder.upper(),
             encoder_hidden_size=self.config.encoder_hidden_size,
             encoder_num_layers=LSTM_LAYERS,
