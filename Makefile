@@ -30,3 +30,4 @@ test: setup
 
 crd: $(STAMP)
 	$(VENV)/bin/peftjob crd > crds/peftjob.yaml
+	cp crds/peftjob.yaml charts/peftjob-operator/crds/peftjob.yaml
