@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from peftjob_trainer import contract
 from peftjob_trainer.api import PEFTJob, PEFTJobStatus, worker_pod_name
+from peftjob_trainer.api.result import ProgressReport, TrainerResult
 from peftjob_trainer.api.spec import RunPolicy
 from peftjob_trainer.api.status import Artifact, Condition, MlflowRun, Progress, WorkerCounts
 
@@ -236,8 +237,7 @@ def _succeed(draft: _Draft, rank0: Worker) -> None:
     result = parse_result(rank0.message)
     status = draft.status
     if result is not None:
-        status.artifact, status.mlflow = result.get("artifact", status.artifact), result.get("mlflow", status.mlflow)
-        status.progress = result.get("progress", status.progress)
+        status.artifact, status.mlflow, status.progress = from_result(result, status.mlflow)
     where = f": adapter at {status.artifact.uri}" if status.artifact.uri else ""
     _finish(draft, "Succeeded", "JobSucceeded", f"training finished{where}")
 
@@ -247,11 +247,9 @@ def _finish(draft: _Draft, phase: str, reason: str, message: str) -> None:
     draft.status.completion_time = draft.status.completion_time or draft.now
 
 
-def parse_result(message: str) -> dict[str, Any] | None:
-    """The trainer's result JSON from a termination message (the last JSON object line, logs may precede it).
-
-    Shape: `{"artifact": {...}, "mlflow": {...}, "progress": {...}}` in the status' own field names.
-    """
+def parse_result(message: str) -> TrainerResult | None:
+    """The trainer's result from a termination message: its last line that is a JSON object (with
+    FallbackToLogsOnError, log lines may precede it). None when there is none or it is not a TrainerResult."""
     for line in reversed(message.strip().splitlines()):
         try:
             data = json.loads(line)
@@ -259,52 +257,36 @@ def parse_result(message: str) -> dict[str, Any] | None:
             continue
         if not isinstance(data, dict):
             continue
-        data = _from_trainer_result(data)
-        parsed: dict[str, Any] = {}
-        for key, model in (("artifact", Artifact), ("mlflow", MlflowRun), ("progress", Progress)):
-            try:
-                if isinstance(data.get(key), dict):
-                    parsed[key] = model.model_validate(data[key])
-            except ValidationError:
-                continue
-        return parsed
+        try:
+            return TrainerResult.model_validate(data)
+        except ValidationError:
+            return None
     return None
 
 
-def _from_trainer_result(data: dict[str, Any]) -> dict[str, Any]:
-    """The flat result `peftjob_trainer.loop.train` writes (artifactUri, sha256, mlflowRunId, steps, ...) in the
-    status' shape; a result already in that shape passes through. (Added by the e2e test, which found the two
-    sides disagreeing.)"""
-    if "artifactUri" not in data:
-        return data
-    metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
-    return {
-        "artifact": {
-            "uri": data["artifactUri"], "sha256": data.get("sha256"), "bytes": data.get("bytes"),
-            "trainableParameters": data.get("trainableParams"), "totalParameters": data.get("totalParams"),
-        },
-        "mlflow": {"runId": data.get("mlflowRunId")},
-        "progress": {
-            "step": data.get("steps", 0), "totalSteps": data.get("steps"), "percent": 100.0,
-            "loss": metrics.get("loss"),
-        },
-    }
+def from_result(result: TrainerResult, mlflow: MlflowRun) -> tuple[Artifact, MlflowRun, Progress]:
+    """A finished run's result in the status' terms: the adapter, the MLflow run (its URL kept) and 100%."""
+    artifact = Artifact(uri=result.artifact_uri, sha256=result.sha256, bytes=result.bytes,
+                        trainable_parameters=result.trainable_params, total_parameters=result.total_params)
+    run = mlflow.model_copy(update={"run_id": result.mlflow_run_id or mlflow.run_id})
+    progress = Progress(step=result.steps or 0, total_steps=result.steps, percent=100.0,
+                        loss=result.metrics.get("loss"))
+    return artifact, run, progress
 
 
-def parse_progress(payload: dict[str, Any]) -> tuple[Progress, MlflowRun | None]:
-    """Rank 0's /progress answer -> status.progress (percent and ETA derived when the trainer leaves them out)."""
-    fields = {k: v for k, v in payload.items() if k in Progress.model_fields or k in _aliases(Progress)}
-    progress = Progress.model_validate(fields)
-    if progress.percent is None and progress.total_steps:
-        progress.percent = round(100.0 * progress.step / progress.total_steps, 1)
-    if progress.eta is None and progress.eta_seconds is not None:
-        progress.eta = format_duration(progress.eta_seconds)
-    mlflow = payload.get("mlflow")
-    return progress, (MlflowRun.model_validate(mlflow) if isinstance(mlflow, dict) else None)
+def parse_progress(payload: Any) -> tuple[Progress, MlflowRun | None]:
+    """Rank 0's /progress answer -> status.progress (percent and ETA derived) and the run it logs to.
 
-
-def _aliases(model: type[Progress]) -> set[str]:
-    return {f.alias for f in model.model_fields.values() if f.alias}
+    Raises ValidationError (a ValueError) when the payload is not a ProgressReport."""
+    report = ProgressReport.model_validate(payload)
+    total = report.total_steps
+    progress = Progress(
+        step=report.step, total_steps=total, loss=report.loss, throughput=report.throughput,
+        eta_seconds=report.eta_seconds,
+        percent=round(100.0 * report.step / total, 1) if total else None,
+        eta=format_duration(report.eta_seconds) if report.eta_seconds is not None else None,
+    )
+    return progress, report.mlflow
 
 
 def format_duration(seconds: float) -> str:

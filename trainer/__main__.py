@@ -79,7 +79,7 @@ def run_rank(config: str) -> int:
         log.error("training failed: %s\n%s", error, traceback.format_exc())
         write_result(error_result(f"{type(error).__name__}: {error}", EXIT_RETRYABLE))
         return EXIT_RETRYABLE
-    if result:
+    if result is not None:
         write_result(result)
     return EXIT_OK
 

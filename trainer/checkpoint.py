@@ -19,6 +19,7 @@ import logging
 import random
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,17 @@ def restore(engine: Any, local: Path, tag: str, rank: Rank) -> dict[str, Any]:
     return {"step": state["step"], "position": state["position"]}
 
 
-def publish_adapter(storage: Storage, job_name: str, directory: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PublishedAdapter:
+    """Where the adapter went and what it is: the artifact part of the trainer's result."""
+
+    uri: str
+    sha256: str  # of manifest.json, which holds every file's own sha256
+    bytes: int
+    files: list[str]
+
+
+def publish_adapter(storage: Storage, job_name: str, directory: Path) -> PublishedAdapter:
     """Upload the adapter, then its manifest, then download and verify it; returns where and what it is."""
     prefix = adapter_prefix(job_name)
     storage.delete(prefix)
@@ -162,9 +173,9 @@ def publish_adapter(storage: Storage, job_name: str, directory: Path) -> dict[st
         problem = _download_verified(storage, prefix, files, Path(scratch))
     if problem:
         raise OSError(f"adapter upload to {storage.uri} failed verification: {problem}")
-    return {
-        "artifactUri": storage.uri.rstrip("/") + "/" + prefix + "/",
-        "sha256": hashlib.sha256(manifest).hexdigest(),
-        "bytes": sum(entry["size"] for entry in files.values()),
-        "files": sorted(files),
-    }
+    return PublishedAdapter(
+        uri=storage.uri.rstrip("/") + "/" + prefix + "/",
+        sha256=hashlib.sha256(manifest).hexdigest(),
+        bytes=sum(entry["size"] for entry in files.values()),
+        files=sorted(files),
+    )

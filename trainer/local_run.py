@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import processes
 from .api import InvalidSpec, load_file
+from .api.result import TrainerResult
 from .contract import EXIT_INVALID_SPEC, EXIT_OK, worker_environment
 from .storage import S3_PREFIX
 
@@ -71,16 +72,16 @@ def main(path: str) -> int:
 
 def summarise(result_file: Path, output_uri: str, tracking: str, code: int) -> None:
     """Where the adapter and the MLflow run are, and how to look at them."""
-    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    result = TrainerResult.model_validate_json(result_file.read_text()) if result_file.is_file() else TrainerResult()
     if code != EXIT_OK:
-        print(f"peftjob: failed with exit code {code}: {result.get('error', 'see the log above')}", file=sys.stderr)
+        print(f"peftjob: failed with exit code {code}: {result.error or 'see the log above'}", file=sys.stderr)
         return
-    print(f"peftjob: adapter: {result.get('artifactUri')} (sha256 {result.get('sha256')}, {result.get('bytes')} bytes)")
-    before, after = result.get("initialMetrics", {}), result.get("metrics", {})
+    print(f"peftjob: adapter: {result.artifact_uri} (sha256 {result.sha256}, {result.bytes} bytes)")
+    before, after = result.initial_metrics, result.metrics
     if "eval_accuracy" in before and "eval_accuracy" in after:
         print(f"peftjob: eval accuracy {before['eval_accuracy']:.3f} before training -> {after['eval_accuracy']:.3f} after")
     print(f"peftjob: final metrics: {json.dumps(after)}")
-    print(f"peftjob: MLflow run {result.get('mlflowRunId')} in {tracking}")
+    print(f"peftjob: MLflow run {result.mlflow_run_id} in {tracking}")
     if tracking.startswith("sqlite:"):
         print(f"peftjob: open the UI with: mlflow ui --backend-store-uri {tracking}")
     if not output_uri.startswith(S3_PREFIX):

@@ -20,7 +20,9 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint, distributed
+from .api.result import TrainerResult
 from .api.spec import PEFTJob, PEFTJobSpec
+from .api.status import MlflowRun
 from .contract import ENV_PROGRESS_PORT, PROGRESS_PORT
 from .data import Sharding, check_size, collate, encode, eval_batches, fetcher, read_records, total_steps
 from .deepspeed_config import deepspeed_config
@@ -35,8 +37,8 @@ from .tracking import Tracker
 log = logging.getLogger("peftjob")
 
 
-def train(job: PEFTJob) -> dict[str, Any]:
-    """Run the job on this rank; returns the result (complete on rank 0)."""
+def train(job: PEFTJob) -> TrainerResult | None:
+    """Run the job on this rank; returns the result on rank 0 (None on the others)."""
     spec, name = job.spec, job.metadata.name
     training = spec.training
     endpoint = spec.output.s3_endpoint_url
@@ -78,7 +80,7 @@ def train(job: PEFTJob) -> dict[str, Any]:
     tracker = Tracker(job, enabled=rank.is_main)
     progress = Progress(steps)
     if rank.is_main:
-        progress.update(mlflow={"runId": tracker.run_id})  # lets the operator close the run if the job is deleted
+        progress.update(mlflow=MlflowRun(run_id=tracker.run_id))  # lets the operator close the run if the job is deleted
         progress.serve(int(os.environ.get(ENV_PROGRESS_PORT, PROGRESS_PORT) or 0))
 
     step = position = 0
@@ -121,7 +123,7 @@ def train(job: PEFTJob) -> dict[str, Any]:
             report(rank, tracker, metrics, step, f"step {step}/{steps}", bar)
             progress.update(
                 step=step, loss=metrics["loss"], throughput=metrics["samples_per_second"],
-                etaSeconds=round((steps - step) * metrics["seconds_per_step"], 1),
+                eta_seconds=round((steps - step) * metrics["seconds_per_step"], 1),
             )
             window = new_window()
         if training.eval_interval and step % training.eval_interval == 0 and step < steps and eval_set:
@@ -135,22 +137,26 @@ def train(job: PEFTJob) -> dict[str, Any]:
     frozen = distributed.gather_objects(frozen_bytes(engine.module))
     adapter_dir = scratch / "adapter"
     method.save(engine.module, adapter_dir)  # every rank: gathering ZeRO-3 partitions is a collective
-    result: dict[str, Any] = {}
+    result: TrainerResult | None = None
     if rank.is_main:
-        result = checkpoint.publish_adapter(storage, name, adapter_dir)
+        published = checkpoint.publish_adapter(storage, name, adapter_dir)
         tracker.log_artifacts(adapter_dir, "adapter")
         tracker.log_spec()
         tracker.finish()
-        result.update(
+        result = TrainerResult(
+            artifact_uri=published.uri,
+            sha256=published.sha256,
+            bytes=published.bytes,
+            files=published.files,
             steps=steps,
-            resumedFromStep=resumed_from,
+            resumed_from_step=resumed_from,
             metrics={key: round(value, 6) for key, value in {**metrics, **final}.items()},
-            initialMetrics={key: round(value, 6) for key, value in initial.items()},
-            trainableParams=trainable_params,
-            totalParams=total_params,
-            frozenBytesPerRank=frozen,
-            worldSize=rank.world_size,
-            mlflowRunId=tracker.run_id,
+            initial_metrics={key: round(value, 6) for key, value in initial.items()},
+            trainable_params=trainable_params,
+            total_params=total_params,
+            frozen_bytes_per_rank=frozen,
+            world_size=rank.world_size,
+            mlflow_run_id=tracker.run_id,
         )
     distributed.barrier()
     progress.close()

@@ -6,34 +6,36 @@ port only warns (training matters more than its progress report).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .api.result import ProgressReport
 from .contract import PROGRESS_PATH
 
 log = logging.getLogger(__name__)
 
 
 class Progress:
-    """The latest {step, totalSteps, loss, throughput, etaSeconds}, shared with the server thread."""
+    """The latest ProgressReport, shared with the server thread."""
 
     def __init__(self, total_steps: int) -> None:
         self._lock = threading.Lock()
-        self._state: dict[str, Any] = {
-            "step": 0, "totalSteps": total_steps, "loss": None, "throughput": None, "etaSeconds": None
-        }
+        self._state = ProgressReport(total_steps=total_steps)
         self._server: ThreadingHTTPServer | None = None
 
     def update(self, **values: Any) -> None:
+        """Set ProgressReport fields by their Python names (validated: a typo raises)."""
         with self._lock:
-            self._state.update(values)
+            state = self._state.model_copy(deep=True)
+            for name, value in values.items():
+                setattr(state, name, value)
+            self._state = state
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> ProgressReport:
         with self._lock:
-            return dict(self._state)
+            return self._state.model_copy(deep=True)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int | None:
         """Serve on `port` in a daemon thread; returns the bound port, or None when disabled or busy."""
@@ -46,7 +48,7 @@ class Progress:
                 if self.path.split("?")[0] != PROGRESS_PATH:
                     self.send_error(404)
                     return
-                body = json.dumps(progress.snapshot()).encode()
+                body = progress.snapshot().model_dump_json(by_alias=True).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

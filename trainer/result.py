@@ -1,13 +1,13 @@
-"""The small result the operator reads from the pod's termination message (and `peftjob run` prints)."""
+"""Writes the trainer's result (peftjob_trainer.api.result.TrainerResult) where the operator reads it: the pod's
+termination message (and the file `peftjob run` prints)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
+from .api.result import TrainerResult
 from .contract import ENV_RESULT_FILE, RESULT_PATH
 
 TERMINATION_MESSAGE_LIMIT = 4096
@@ -19,12 +19,14 @@ def result_path() -> Path:
     return Path(os.environ.get(ENV_RESULT_FILE) or RESULT_PATH)
 
 
-def write_result(result: dict[str, Any]) -> None:
-    """Write `result` as compact JSON within Kubernetes' 4 KiB termination-message limit (never raises)."""
-    text = json.dumps(result, separators=(",", ":"), sort_keys=True)
-    if len(text) > TERMINATION_MESSAGE_LIMIT and "error" in result:
-        keep = TERMINATION_MESSAGE_LIMIT - len(text) + len(result["error"]) - 20
-        text = json.dumps({**result, "error": result["error"][: max(keep, 0)] + " ..."}, separators=(",", ":"))
+def write_result(result: TrainerResult) -> None:
+    """Write `result` as compact JSON within Kubernetes' 4 KiB termination-message limit (never raises).
+
+    Only an error message can be long; it is cut, keeping its start, so the JSON stays whole and parseable."""
+    text = result.to_json()
+    if len(text) > TERMINATION_MESSAGE_LIMIT and result.error:
+        keep = TERMINATION_MESSAGE_LIMIT - len(text) + len(result.error) - 20
+        text = result.model_copy(update={"error": result.error[: max(keep, 0)] + " ..."}).to_json()
     path = result_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,6 +35,6 @@ def write_result(result: dict[str, Any]) -> None:
         log.warning("cannot write the result to %s: %s", path, error)
 
 
-def error_result(message: str, exit_code: int) -> dict[str, Any]:
+def error_result(message: str, exit_code: int) -> TrainerResult:
     """The result of a run that failed with a message the user can act on."""
-    return {"error": message, "exitCode": exit_code}
+    return TrainerResult(error=message, exit_code=exit_code)

@@ -17,6 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from peftjob_operator import metrics
 from peftjob_operator.settings import OperatorSettings
 from peftjob_trainer import contract
+from peftjob_trainer.api.result import TrainerResult
+from peftjob_trainer.api.status import MlflowRun
 from peftjob_trainer.progress import Progress
 from tests.kube import EmulatorServer, OperatorThread, wait_for
 
@@ -149,13 +151,14 @@ def test_running_then_rank_zero_success_records_the_result(cluster: Cluster) -> 
     cluster.wait_pods("success", 2)
     cluster.run_all("success")
     assert cluster.condition("success", "Running")["status"] == "True"
-    result = {"artifact": {"uri": "s3://out/success/adapter", "sha256": "ab" * 32, "bytes": 1234},
-              "mlflow": {"runId": "run-1"}, "progress": {"step": 50, "totalSteps": 50, "percent": 100.0}}
+    result = TrainerResult(artifact_uri="s3://out/success/adapter", sha256="ab" * 32, bytes=1234, steps=50,
+                           mlflow_run_id="run-1")
     cluster.set_pod("success-worker-1", "Succeeded", 0)
-    cluster.set_pod("success-worker-0", "Succeeded", 0, "done\n" + json.dumps(result))
+    cluster.set_pod("success-worker-0", "Succeeded", 0, "done\n" + result.to_json())
     status = cluster.wait_phase("success", "Succeeded")
     assert status["artifact"]["sha256"] == "ab" * 32 and status["artifact"]["uri"] == "s3://out/success/adapter"
     assert status["mlflow"]["runId"] == "run-1" and status["completionTime"]
+    assert (status["progress"]["step"], status["progress"]["percent"]) == (50, 100.0)
     assert cluster.condition("success", "Running")["status"] == "False"
 
 
@@ -262,7 +265,7 @@ def test_progress_is_polled_from_rank_zero_and_deleting_the_job_kills_its_mlflow
     progress = Progress(total_steps=200)
     assert progress.serve(contract.PROGRESS_PORT, host=pod_ip) == contract.PROGRESS_PORT
     try:
-        progress.update(step=50, loss=0.75, throughput=8.0, etaSeconds=90.0, mlflow={"runId": run_id})
+        progress.update(step=50, loss=0.75, throughput=8.0, eta_seconds=90.0, mlflow=MlflowRun(run_id=run_id))
         cluster.submit("watched", spec={**VALID_SPEC, "workers": {"replicas": 2},
                                       "tracking": {"mlflowTrackingUri": mlflow_server}})
         for pod in cluster.wait_pods("watched", 2):
@@ -272,7 +275,7 @@ def test_progress_is_polled_from_rank_zero_and_deleting_the_job_kills_its_mlflow
         assert status["phase"] == "Running" and status["mlflow"]["runId"] == run_id
         assert {k: status["progress"][k] for k in ("totalSteps", "percent", "loss", "throughput", "eta")} == {
             "totalSteps": 200, "percent": 25.0, "loss": 0.75, "throughput": 8.0, "eta": "1m30s"}
-        progress.update(step=150, etaSeconds=30.0)
+        progress.update(step=150, eta_seconds=30.0)
         wait_for(lambda: cluster.status("watched").get("progress", {}).get("percent") == 75.0,
                  what="the next poll")
     finally:

@@ -3,7 +3,6 @@ effects. No operator, no API server: each case is a table row of what a kubelet 
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,9 @@ from peftjob_operator.status import (
     time_check_due,
 )
 from peftjob_trainer.api import PEFTJob, PEFTJobStatus, load_object
-from peftjob_trainer.result import error_result, write_result
+from peftjob_trainer.api.result import ProgressReport, TrainerResult
+from peftjob_trainer.api.status import MlflowRun
+from peftjob_trainer.result import TERMINATION_MESSAGE_LIMIT, error_result, write_result
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
@@ -79,9 +80,9 @@ def test_rank_zero_success_records_the_result_the_trainer_writes(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The termination message is produced by the trainer's own writer, so both sides of the contract meet."""
     monkeypatch.setenv("PEFTJOB_RESULT_FILE", str(tmp_path / "result.json"))
-    write_result({"artifactUri": "s3://out/j/adapter/", "sha256": "cd" * 32, "bytes": 4096, "steps": 40,
-                  "trainableParams": 1000, "totalParams": 90000, "mlflowRunId": "run-7",
-                  "metrics": {"loss": 0.25}})
+    write_result(TrainerResult(artifact_uri="s3://out/j/adapter/", sha256="cd" * 32, bytes=4096, steps=40,
+                               trainable_params=1000, total_params=90000, mlflow_run_id="run-7",
+                               metrics={"loss": 0.25}))
     message = "last log line\n" + (tmp_path / "result.json").read_text()
     decision = reconcile(job(), running(), [pod(0, "Succeeded", 0, message), pod(1, "Running")], NOW)
     status = decision.status
@@ -176,20 +177,39 @@ def test_ttl_deletes_the_job_only_once_it_has_expired() -> None:
 
 
 def test_parse_result_takes_the_last_json_line_and_ignores_logs_and_garbage() -> None:
-    result = {"artifact": {"uri": "s3://b/a", "sha256": "ef" * 32}, "mlflow": {"runId": "r"}}
-    parsed = parse_result("Traceback? no\n{not json\n" + json.dumps(result) + "\n")
-    assert parsed is not None and parsed["artifact"].uri == "s3://b/a" and parsed["mlflow"].run_id == "r"
+    result = TrainerResult(artifact_uri="s3://b/a", sha256="ef" * 32, mlflow_run_id="r")
+    parsed = parse_result("Traceback? no\n{not json\n" + result.to_json() + "\n[1]\n")
+    assert parsed == result
     assert parse_result("just logs, no result") is None
     assert parse_result("") is None
+    assert parse_result('{"steps": "many"}') is None, "a result of the wrong shape is no result"
+
+
+def test_a_result_from_a_newer_trainer_is_read_and_its_unknown_keys_ignored() -> None:
+    parsed = parse_result('{"artifactUri": "s3://b/a", "steps": 4, "someFutureKey": {"x": 1}}')
+    assert parsed is not None and parsed.artifact_uri == "s3://b/a" and parsed.steps == 4
+
+
+def test_an_overlong_error_is_cut_so_the_termination_message_stays_whole_json(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PEFTJOB_RESULT_FILE", str(tmp_path / "result.json"))
+    write_result(error_result("bad row: " + "x" * 10_000, 2))
+    text = (tmp_path / "result.json").read_text()
+    parsed = parse_result(text)
+    assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT and parsed is not None
+    assert parsed.exit_code == 2 and parsed.error.startswith("bad row: xxx") and parsed.error.endswith(" ...")
 
 
 def test_parse_progress_derives_percent_and_eta_and_reads_the_run() -> None:
-    progress, run = parse_progress({"step": 25, "totalSteps": 100, "loss": 1.5, "throughput": 12.0,
-                                    "etaSeconds": 250, "unknownKey": 1, "mlflow": {"runId": "abc"}})
+    report = ProgressReport(step=25, total_steps=100, loss=1.5, throughput=12.0, eta_seconds=250,
+                            mlflow=MlflowRun(run_id="abc"))
+    progress, run = parse_progress({**report.model_dump(mode="json", by_alias=True), "unknownKey": 1})
     assert (progress.step, progress.percent, progress.loss, progress.eta) == (25, 25.0, 1.5, "4m10s")
     assert run is not None and run.run_id == "abc"
     bare, none = parse_progress({"step": 3})
     assert bare.percent is None and bare.eta is None and none is None
+    with pytest.raises(ValueError, match="step"):
+        parse_progress({"step": "three"})
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (12.4, "12s"), (250, "4m10s"), (3720, "1h2m"),

@@ -208,8 +208,9 @@ def test_adapter_is_published_with_a_verified_manifest(storage, tmp_path):
     (adapter / "adapter_model.safetensors").write_bytes(b"weights" * 10)
     info = checkpoint.publish_adapter(storage, "job", adapter)
     manifest = json.loads(storage.read_bytes("job/adapter/manifest.json"))
-    assert manifest["files"]["adapter_model.safetensors"]["size"] == 70 == info["bytes"]
-    assert info["artifactUri"].endswith("job/adapter/") and len(info["sha256"]) == 64
+    assert manifest["files"]["adapter_model.safetensors"]["size"] == 70 == info.bytes
+    assert info.uri.endswith("job/adapter/") and len(info.sha256) == 64
+    assert info.files == ["adapter_model.safetensors"]
 
 
 # -------------------------------------------------------------------------------- tracking, progress, gang
@@ -247,7 +248,8 @@ def test_progress_is_served_and_a_busy_port_only_warns(caplog):
     port = progress.serve(free_port())
     progress.update(step=3, loss=0.5)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/progress") as response:
-        assert json.load(response) == {"step": 3, "totalSteps": 10, "loss": 0.5, "throughput": None, "etaSeconds": None}
+        assert json.load(response) == {"step": 3, "totalSteps": 10, "loss": 0.5, "throughput": None,
+                                       "etaSeconds": None, "mlflow": None}
     with caplog.at_level(logging.WARNING):
         assert Progress(10).serve(port) is None
     assert "progress endpoint disabled" in caplog.text

@@ -1,6 +1,7 @@
 """The PEFTJob API: pure pydantic, importable without torch (the operator depends on this and nothing else)."""
 
 from .load import InvalidSpec, load_file, load_object, load_text
+from .result import ProgressReport, TrainerResult
 from .spec import (
     API_GROUP,
     API_VERSION,
@@ -26,6 +27,8 @@ __all__ = [
     "PEFTJob",
     "PEFTJobSpec",
     "PEFTJobStatus",
+    "ProgressReport",
+    "TrainerResult",
     "load_file",
     "load_object",
     "load_text",
