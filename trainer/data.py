@@ -126,9 +126,23 @@ def encode(records: list[Record], spec: PEFTJobSpec, tokenizer: Any, processor: 
     task, data = spec.model.task, spec.data
     if task == "image-classification":
         return [_image_example(record, data, spec.model.num_labels or 0, processor) for record in records]
+    template = spec.method.p_tuning.template if spec.method.p_tuning else None
     if task == "sequence-classification":
-        return [_classification_example(record, data, spec.model.num_labels or 0, tokenizer) for record in records]
-    return [_causal_example(record, data, tokenizer) for record in records]
+        return [
+            _classification_example(record, data, spec.model.num_labels or 0, tokenizer, template)
+            for record in records
+        ]
+    return [_causal_example(record, data, tokenizer, template) for record in records]
+
+
+def _templated(text: str, template: str, tokenizer: Any, max_length: int) -> list[int]:
+    """A P-Tuning template around the input: pseudo-token markers and discrete prompt text in place."""
+    from .methods.p_tuning import template_input_ids
+
+    try:
+        return template_input_ids(tokenizer, template, text, max_length)
+    except ValueError as error:
+        raise DataError(str(error)) from None
 
 
 def _field(record: Record, field: str, kind: type = str) -> Any:
@@ -153,22 +167,35 @@ def _label(record: Record, field: str, num_labels: int) -> int:
     return label
 
 
-def _classification_example(record: Record, data: DataSpec, num_labels: int, tokenizer: Any) -> dict[str, Any]:
+def _classification_example(
+    record: Record, data: DataSpec, num_labels: int, tokenizer: Any, template: str | None
+) -> dict[str, Any]:
     text = _field(record, data.text_field)
     pair = _field(record, data.text_pair_field) if data.text_pair_field else None
-    ids = tokenizer(text, pair, truncation=True, max_length=data.max_length)["input_ids"]
+    if template is not None:
+        ids = _templated(text if pair is None else f"{text} {pair}", template, tokenizer, data.max_length)
+    else:
+        ids = tokenizer(text, pair, truncation=True, max_length=data.max_length)["input_ids"]
     return {"input_ids": ids, "labels": _label(record, data.label_field, num_labels)}
 
 
-def _causal_example(record: Record, data: DataSpec, tokenizer: Any) -> dict[str, Any]:
+def _causal_example(record: Record, data: DataSpec, tokenizer: Any, template: str | None) -> dict[str, Any]:
     if data.prompt_field and data.completion_field:
-        prompt = tokenizer(_field(record, data.prompt_field))["input_ids"]
+        prompt_text = _field(record, data.prompt_field)
+        if template is not None:
+            prompt = _templated(prompt_text, template, tokenizer, data.max_length)
+        else:
+            prompt = tokenizer(prompt_text)["input_ids"]
         completion = tokenizer(_field(record, data.completion_field), add_special_tokens=False)["input_ids"]
         if tokenizer.eos_token_id is not None:
             completion = completion + [tokenizer.eos_token_id]
         ids = (prompt + completion)[: data.max_length]
-        masked = [IGNORE_INDEX] * len(prompt) + completion if data.mask_prompt else prompt + completion
+        shown = [IGNORE_INDEX if token < 0 else token for token in prompt]  # pseudo-token markers never count
+        masked = [IGNORE_INDEX] * len(prompt) + completion if data.mask_prompt else shown + completion
         labels = masked[: data.max_length]
+    elif template is not None:
+        ids = _templated(_field(record, data.text_field), template, tokenizer, data.max_length)
+        labels = [IGNORE_INDEX if token < 0 else token for token in ids]
     else:
         ids = tokenizer(_field(record, data.text_field), truncation=True, max_length=data.max_length)["input_ids"]
         labels = list(ids)
