@@ -26,6 +26,11 @@ def complete_checkpoints(s3_client: Any) -> list[str]:
     return sorted(item["Key"] for item in listing.get("Contents", []) if item["Key"].endswith("/manifest.json"))
 
 
+def checkpoint_or_failure(cluster: E2ECluster, s3_client: Any) -> bool:
+    """Stop waiting for a checkpoint as soon as the job has failed instead (the assertion then says why)."""
+    return bool(complete_checkpoints(s3_client)) or cluster.status(NAME).get("phase") == "Failed"
+
+
 def test_sigkill_of_a_worker_restarts_the_gang_which_resumes_from_the_checkpoint(
     cluster: E2ECluster, tiny_bert: Path, sentiment_data: dict[str, str], s3_server: Any, mlflow_server: str,
 ) -> None:
@@ -34,7 +39,9 @@ def test_sigkill_of_a_worker_restarts_the_gang_which_resumes_from_the_checkpoint
     _, timeline = cluster.apply(manifest, NAME)
     s3 = s3_server.client()
     try:
-        wait_for(lambda: complete_checkpoints(s3), timeout=600, interval=0.1, what="a complete checkpoint in S3")
+        wait_for(lambda: checkpoint_or_failure(cluster, s3), timeout=600, interval=0.1,
+                 what="a complete checkpoint in S3")
+        assert cluster.status(NAME).get("phase") != "Failed", f"{cluster.status(NAME)}\n{cluster.worker_logs()}"
         victim = f"{NAME}-worker-1"
         cluster.node.kill(NS, victim, signal.SIGKILL)
         status = cluster.wait_phase(NAME, {"Succeeded", "Failed"}, timeout=600)
