@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+
 import peft
 import pytest
+import transformers
 from tests.methods.method_checks import fresh_base, logits, train_step
 from tests.methods.tiny_models import PROMPT_CASES, tiny_batch, tiny_model
 
@@ -24,6 +27,11 @@ METHODS = {
 @pytest.mark.parametrize("variant", METHODS)
 def test_peft_loads_our_export_with_the_same_logits(variant, family, task, tmp_path):
     name = variant.split("-")[0]
+    if name == "prefixTuning" and family == "bert" and not peft_can_prefix_tune_bert():
+        pytest.skip(
+            f"peft {peft.__version__} cannot run prefix tuning on BERT with transformers {transformers.__version__}: "
+            "BertModel.forward no longer takes past_key_values (ours injects inside attention and still works)"
+        )
     method = build_method(MethodSpec.model_validate({name: METHODS[variant]}), task)
     model = method.attach(tiny_model(family, task))
     batch = tiny_batch(family, task)
@@ -36,3 +44,8 @@ def test_peft_loads_our_export_with_the_same_logits(variant, family, task, tmp_p
     ours = logits(model, batch)
     assert ours.shape == theirs.shape
     assert (ours - theirs).abs().max() < 1e-5
+
+
+def peft_can_prefix_tune_bert() -> bool:
+    """peft feeds prefixes to encoders through past_key_values, which transformers 5.24 removed from BERT."""
+    return "past_key_values" in inspect.signature(transformers.BertModel.forward).parameters
