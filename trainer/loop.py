@@ -128,7 +128,8 @@ def train(job: PEFTJob) -> TrainerResult | None:
             window = new_window()
         if training.eval_interval and step % training.eval_interval == 0 and step < steps and eval_set:
             report(rank, tracker, evaluate(engine, eval_set, spec, rank, pad_id), step, f"step {step}/{steps}", bar)
-        if training.checkpoint_interval and step % training.checkpoint_interval == 0 and step < steps:
+        if step == steps or (training.checkpoint_interval and step % training.checkpoint_interval == 0):
+            # The last one too: a rerun after a failed publish (or of a finished job) trains nothing again.
             checkpoint.save(engine, storage, name, step, position, rank, training.checkpoints_kept)
     bar.close()
 

@@ -240,6 +240,14 @@ def test_sigkill_of_one_rank_then_rerun_resumes_without_losing_or_repeating_step
     steps = {metric.step for metric in mlflow.get_metric_history(outcome["mlflowRunId"], "loss")}
     assert steps == set(range(1, STEPS + 1))
 
+    # Running the finished job again trains nothing: it resumes at the final checkpoint and publishes the same adapter.
+    code, output = finish(launch(workdir, "killed", job_spec, env))
+    assert code == 0, output[-3000:]
+    again = result(workdir, "killed")
+    assert again["resumedFromStep"] == STEPS and again["sha256"] == outcome["sha256"]
+    assert again["mlflowRunId"] == outcome["mlflowRunId"]
+    assert {metric.step for metric in mlflow.get_metric_history(outcome["mlflowRunId"], "loss")} == steps
+
 
 def test_bad_data_fails_with_a_clear_message_and_a_user_error_code(workdir):
     (workdir / "bad.jsonl").write_text('{"text": "good w1", "label": 1}\n{"text": "bad w2", "label": 0}\n{"text": "w3", "label": 7}\n')
