@@ -20,13 +20,13 @@ import kopf
 
 from peftjob_trainer import contract
 from peftjob_trainer.api import API_GROUP, API_VERSION, PLURAL, InvalidSpec, PEFTJob, PEFTJobStatus, load_object
-from peftjob_trainer.api import Condition, worker_pod_name
+from peftjob_trainer.api import worker_pod_name
 from peftjob_trainer.api.spec import RunPolicy
 
 from . import metrics, render
 from .client import KubeClient, path
 from .settings import OperatorSettings
-from .status import TERMINAL, Decision, parse_progress, reconcile, time_check_due
+from .status import TERMINAL, Decision, parse_progress, reconcile, reject, time_check_due
 
 PEFTJOBS = (API_GROUP, API_VERSION, PLURAL)
 API = f"{API_GROUP}/{API_VERSION}"
@@ -129,10 +129,13 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
 def needs_timer(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
     """Only jobs with something time-based to do get a timer (progress, deadline, TTL): idle jobs cost nothing."""
     phase = status.get("phase")
-    policy = spec.get("runPolicy") or {}
+    try:
+        policy = RunPolicy.model_validate(spec.get("runPolicy") or {})
+    except ValueError:
+        return False
     if phase in TERMINAL:
-        return policy.get("ttlSecondsAfterFinished") is not None
-    return phase == "Running" or policy.get("activeDeadlineSeconds") is not None
+        return policy.ttl_seconds_after_finished is not None
+    return phase == "Running" or policy.active_deadline_seconds is not None
 
 
 async def reconcile_job(memo: Memo, namespace: str, name: str) -> None:
@@ -145,13 +148,13 @@ async def reconcile_job(memo: Memo, namespace: str, name: str) -> None:
             return
         current = _status(body)
         job = await _accepted_job(client, body, settings)
+        now = datetime.now(timezone.utc)
         if isinstance(job, InvalidSpec):
-            await _reject(client, body, current, job)
-            memo.phases.record(body["metadata"].get("uid", ""), "Failed")
-            return
-        pods = await client.list(path("v1", "pods", namespace), f"{render.JOB_LABEL}={name}")
-        decision = reconcile(job, current, pods, datetime.now(timezone.utc))
-        await _carry_out(client, settings, job, decision)
+            decision = reject(current, job.problems, now)
+        else:
+            pods = await client.list(path("v1", "pods", namespace), f"{render.JOB_LABEL}={name}")
+            decision = reconcile(job, current, pods, now)
+            await _carry_out(client, settings, job, decision)
         if decision.status != current:
             await client.patch(path(API, PLURAL, namespace, name, "status"), {"status": _dump(decision.status)})
         for event in decision.events:
@@ -196,23 +199,6 @@ async def _accepted_job(client: KubeClient, body: dict[str, Any], settings: Oper
     return accepted
 
 
-async def _reject(client: KubeClient, body: dict[str, Any], current: PEFTJobStatus, invalid: InvalidSpec) -> None:
-    """Failed/InvalidSpec once, with every problem (field: reason) in the message and in an Event."""
-    message = "invalid spec: " + "; ".join(invalid.problems)
-    if current.phase == "Failed" and current.message == message:
-        return
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    status = current.model_copy(deep=True)
-    status.phase, status.message, status.completion_time = "Failed", message, status.completion_time or now
-    status.conditions = [c for c in status.conditions if c.type != "Failed"]
-    status.conditions.append(
-        Condition(type="Failed", status="True", reason="InvalidSpec", message=message, last_transition_time=now)
-    )
-    metadata = body["metadata"]
-    await client.patch(path(API, PLURAL, metadata["namespace"], metadata["name"], "status"), {"status": _dump(status)})
-    kopf.event(body, type="Warning", reason="InvalidSpec", message=message)
-
-
 async def poll_progress(memo: Memo, namespace: str, name: str) -> None:
     """Ask rank 0 for its progress (workers need no API rights: the operator fetches and records it)."""
     pod = await memo.client.get(path("v1", "pods", namespace, worker_pod_name(name, 0)))
@@ -237,10 +223,13 @@ async def poll_progress(memo: Memo, namespace: str, name: str) -> None:
 
 async def kill_mlflow_run(body: kopf.Body, settings: OperatorSettings) -> None:
     """Best effort: a job deleted mid-training leaves its MLflow run KILLED rather than RUNNING forever."""
-    status = body.get("status") or {}
-    run_id = (status.get("mlflow") or {}).get("runId")
-    tracking = ((body.get("spec") or {}).get("tracking") or {}).get("mlflowTrackingUri") or settings.mlflow_tracking_uri
-    if status.get("phase") in TERMINAL or not run_id or not tracking or not tracking.startswith("http"):
+    status = _status(body)
+    try:
+        job = render.effective_job(load_object(_document(body)), settings)
+    except InvalidSpec:
+        return  # never accepted: no run was started
+    run_id, tracking = status.mlflow.run_id, job.spec.tracking.mlflow_tracking_uri
+    if status.phase in TERMINAL or not run_id or not tracking or not tracking.startswith("http"):
         return
     api = tracking.rstrip("/") + "/api/2.0/mlflow/runs"
     try:

@@ -173,6 +173,13 @@ def reconcile(job: PEFTJob, current: PEFTJobStatus, pods: list[dict[str, Any]], 
     return done()
 
 
+def reject(current: PEFTJobStatus, problems: list[str], now: datetime) -> Decision:
+    """An invalid spec: Failed with reason InvalidSpec and every `field: reason` in the message and an Event."""
+    draft = _Draft(current.model_copy(deep=True), _timestamp(now))
+    _finish(draft, "Failed", "InvalidSpec", "invalid spec: " + "; ".join(problems))
+    return Decision(status=draft.status, events=tuple(draft.events))
+
+
 def observe_workers(pods: list[dict[str, Any]], job_name: str, replicas: int) -> list[Worker]:
     """One Worker per expected index; pods the gang does not expect are ignored."""
     by_name = {pod.get("metadata", {}).get("name"): pod for pod in pods}

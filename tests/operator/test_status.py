@@ -14,6 +14,7 @@ from peftjob_operator.status import (
     parse_progress,
     parse_result,
     reconcile,
+    reject,
     time_check_due,
 )
 from peftjob_trainer.api import PEFTJob, PEFTJobStatus, load_object
@@ -216,3 +217,15 @@ def test_parse_progress_derives_percent_and_eta_and_reads_the_run() -> None:
                                                (-5, "0s")])
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+def test_an_invalid_spec_fails_once_with_every_problem_and_replays_quietly() -> None:
+    problems = ["spec.method.lora.r: Input should be greater than 0", "spec.model: required field is missing"]
+    first = reject(PEFTJobStatus(), problems, NOW)
+    assert first.status.phase == "Failed" and first.status.completion_time
+    failed = next(c for c in first.status.conditions if c.type == "Failed")
+    assert failed.reason == "InvalidSpec" and all(p in failed.message for p in problems)
+    assert [(e.type, e.reason) for e in first.events] == [("Warning", "InvalidSpec")]
+    again = reject(first.status, problems, NOW + timedelta(minutes=1))
+    assert again.status == first.status and again.events == ()
+    assert not first.create_pods and not first.delete_pods
