@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))  # tests.kube, the emulator; appended so that the stdlib `operator` stays first
 
 from tests.kube import Emulator, EmulatorServer, wait_for  # noqa: E402
+from peftjob_trainer.local_run import free_port
 
 NS = "bench"
 JOBS = f"/apis/peft.dev/v1alpha1/namespaces/{NS}/peftjobs"
@@ -52,12 +52,6 @@ class TimedEmulator(Emulator):
             with self._times_lock:
                 self.pod_times.setdefault(job, []).append(time.monotonic())
         return response
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_operator(url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], Path]:

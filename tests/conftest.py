@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from peftjob_trainer.local_run import free_port
 
 SERVER_START_SECONDS = 90
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_http(url: str, process: subprocess.Popen[bytes], seconds: float) -> None:

@@ -24,6 +24,7 @@ STATE_DIR = ".peftjob"
 
 
 def free_port() -> int:
+    """A free port on loopback (rendezvous, test servers)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

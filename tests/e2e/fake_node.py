@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from peftjob_trainer.local_run import free_port
 
 log = logging.getLogger("fake-node")
 
@@ -45,12 +45,6 @@ GRACE_SECONDS = 10.0
 
 def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

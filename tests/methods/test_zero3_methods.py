@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,19 +17,13 @@ from safetensors.torch import load_file
 
 from tests.methods.tiny_models import tiny_model
 from tests.methods.zero3_worker import LORA_LOGITS, METHODS, run
+from peftjob_trainer.local_run import free_port
 
 pytestmark = pytest.mark.slow
 
 WORKER = Path(__file__).with_name("zero3_worker.py")
 TOLERANCE = 1e-5  # fp32; the ranks reduce gradients in another order than one process sums them
 FILES = ["adapter_model.safetensors", "trainable.safetensors"]
-
-
-def free_port() -> int:
-    """A port nobody listens on, for torchrun's rendezvous."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +18,7 @@ from peftjob_operator.settings import OperatorSettings
 from peftjob_trainer import contract
 from peftjob_trainer.api.result import TrainerResult
 from peftjob_trainer.api.status import MlflowRun
+from peftjob_trainer.local_run import free_port
 from peftjob_trainer.progress import Progress
 from tests.kube import EmulatorServer, OperatorThread, wait_for
 
@@ -115,12 +115,6 @@ def cluster() -> Iterator[Cluster]:
             cluster.operator.stop()
             server.shutdown()
             server.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def uids(pods: list[dict[str, Any]]) -> set[str]:

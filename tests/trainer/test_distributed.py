@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import free_port
+from peftjob_trainer.local_run import free_port
 from tests.trainer import tiny
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,7 @@ from peftjob_trainer.errors import DataError
 from peftjob_trainer.progress import Progress
 from peftjob_trainer.storage import open_storage
 from peftjob_trainer.tracking import Tracker, flatten
-from tests.conftest import free_port
+from peftjob_trainer.local_run import free_port
 
 
 def make_job(**spec_overrides):
