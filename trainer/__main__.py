@@ -16,7 +16,7 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
-from .contract import CONFIG_PATH, ENV_CONFIG, EXIT_INVALID_SPEC, EXIT_OK, EXIT_RETRYABLE
+from .contract import CONFIG_PATH, ENV_CONFIG, EXIT_INVALID_SPEC, EXIT_OK, EXIT_RETRYABLE, MASTER_PORT
 from .errors import UserError
 from .result import error_result, write_result
 
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if nproc == 1:
         os.environ.update(RANK=str(node_rank), LOCAL_RANK="0", WORLD_SIZE=world_size)
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
+        os.environ.setdefault("MASTER_PORT", str(MASTER_PORT))
         return run_rank(args.config)
     from . import processes
 
