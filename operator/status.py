@@ -118,12 +118,16 @@ def reconcile(job: PEFTJob, current: PEFTJobStatus, pods: list[dict[str, Any]], 
     existing = tuple(w.name for w in workers if w.phase not in ("Missing", "Terminating"))
     active = tuple(w.name for w in workers if w.active)
 
+    def cleaned() -> Decision:
+        """The job has finished: delete the pods its cleanPodPolicy says go."""
+        return done(delete_pods={"None": (), "Running": active, "All": existing}[policy.clean_pod_policy])
+
     def done(**effects: Any) -> Decision:
         expired = status.phase in TERMINAL and _ttl_expired(policy.ttl_seconds_after_finished, status.completion_time, now)
         return Decision(status=status, events=tuple(draft.events), delete_job=expired, **effects)
 
     if status.phase in TERMINAL:
-        return done(delete_pods=active)
+        return cleaned()
 
     if policy.suspend:
         if status.phase != "Suspended":
@@ -134,7 +138,7 @@ def reconcile(job: PEFTJob, current: PEFTJobStatus, pods: list[dict[str, Any]], 
     deadline = policy.active_deadline_seconds
     if deadline and status.start_time and now >= _parse(status.start_time) + timedelta(seconds=deadline):
         _finish(draft, "Failed", "DeadlineExceeded", f"job ran longer than activeDeadlineSeconds={deadline}")
-        return done(delete_pods=active)
+        return cleaned()
 
     if status.phase in ("Pending", "Restarting", "Suspended"):
         if status.phase == "Suspended":
@@ -150,19 +154,19 @@ def reconcile(job: PEFTJob, current: PEFTJobStatus, pods: list[dict[str, Any]], 
 
     if workers[0].phase == "Succeeded":
         _succeed(draft, workers[0])
-        return done(delete_pods=active)
+        return cleaned()
 
     failures = [w for w in workers if w.phase in ("Failed", "Missing", "Terminating")]
     user_errors = [w for w in failures if not _retryable(w)]
     if user_errors:
         _finish(draft, "Failed", "WorkerFailed", describe(user_errors[0]) + " (not retried: a user error)")
-        return done(delete_pods=active)
+        return cleaned()
     if failures:
         why = describe(failures[0])
         if status.restarts >= policy.backoff_limit:
             _finish(draft, "Failed", "BackoffLimitExceeded",
                     f"{why}; backoffLimit {policy.backoff_limit} reached after {status.restarts} restart(s)")
-            return done(delete_pods=active)
+            return cleaned()
         status.restarts += 1
         draft.transition("Restarting", _restart_reason(failures[0]),
                          f"restart {status.restarts}/{policy.backoff_limit}: {why}")

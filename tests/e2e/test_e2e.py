@@ -50,6 +50,9 @@ def test_kubectl_apply_gives_a_verified_adapter_in_s3_and_a_finished_mlflow_run(
 ) -> None:
     manifest = quickstart(NAME, tiny_bert, sentiment_data, maxSteps=STEPS, microBatchSize=8, evalInterval=6,
                           checkpointInterval=6, logInterval=1)
+    # Keep every pod: rank 1 exits just after rank 0, and the default policy (Running) would delete it if the
+    # operator saw rank 0 finish first.
+    manifest["spec"]["runPolicy"]["cleanPodPolicy"] = "None"
     path, timeline = cluster.apply(manifest, NAME)
     try:
         status = cluster.wait_phase(NAME, {"Succeeded", "Failed"}, timeout=600)
@@ -65,9 +68,13 @@ def test_kubectl_apply_gives_a_verified_adapter_in_s3_and_a_finished_mlflow_run(
     assert status["restarts"] == 0
 
     # Two worker pods ran the trainer as one DeepSpeed ZeRO-3 gang: each rank held about half the frozen backbone.
-    pods = {pod["metadata"]["name"]: pod for pod in cluster.api.list(f"/api/v1/namespaces/{NS}/pods")}
+    def pods_by_name() -> dict[str, dict[str, Any]]:
+        return {pod["metadata"]["name"]: pod for pod in cluster.api.list(f"/api/v1/namespaces/{NS}/pods")}
+
+    wait_for(lambda: all(pod["status"]["phase"] == "Succeeded" for pod in pods_by_name().values()), timeout=60,
+             what="both workers to exit")
+    pods = pods_by_name()
     assert sorted(pods) == [f"{NAME}-worker-0", f"{NAME}-worker-1"]
-    assert all(pod["status"]["phase"] == "Succeeded" for pod in pods.values())
     assert sorted(name for _, name, code in cluster.node.node.exits if code == 0) == sorted(pods)
     result = termination_result(pods[f"{NAME}-worker-0"])
     assert result["worldSize"] == 2 and result["steps"] == STEPS

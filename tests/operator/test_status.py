@@ -95,6 +95,18 @@ def test_rank_zero_success_records_the_result_the_trainer_writes(tmp_path: Path,
     assert condition(status, "Running").status == "False"
 
 
+@pytest.mark.parametrize(("policy", "deleted"), [
+    ("None", set()), ("Running", {"j-worker-1"}), ("All", {"j-worker-0", "j-worker-1", "j-worker-2"}),
+])
+def test_clean_pod_policy_says_which_pods_of_a_finished_job_go(policy: str, deleted: set[str]) -> None:
+    """Kubeflow's cleanPodPolicy, on success and on every later reconcile of the finished job."""
+    pods = [pod(0, "Succeeded", 0), pod(1, "Running"), pod(2, "Succeeded", 0)]
+    finished = reconcile(job(3, cleanPodPolicy=policy), running(), pods, NOW)
+    assert finished.status.phase == "Succeeded" and set(finished.delete_pods) == deleted
+    again = reconcile(job(3, cleanPodPolicy=policy), finished.status, pods, NOW)
+    assert set(again.delete_pods) == deleted and again.status == finished.status
+
+
 def test_a_user_error_fails_at_once_with_the_worker_exit_code_and_message_tail(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PEFTJOB_RESULT_FILE", str(tmp_path / "result.json"))

@@ -478,6 +478,12 @@ class RunPolicy(ApiModel):
     active_deadline_seconds: int | None = Field(None, gt=0, description="Fail the job after this long.")
     ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the finished job after this.")
     suspend: bool = Field(False, description="Remove the pods and keep the checkpoint; false resumes.")
+    clean_pod_policy: Literal["None", "Running", "All"] = Field(
+        "Running",
+        description="Pods deleted once the job finishes: None keeps all, Running deletes those still running "
+        "(stragglers of a finished gang, or survivors of a failed one stuck in a collective, would hold their "
+        "GPUs), All deletes every pod.",
+    )
 
 
 class SchedulingSpec(ApiModel):
