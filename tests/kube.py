@@ -383,7 +383,7 @@ class OperatorThread:
         self.stop()
 
 
-def wait_for(probe: Callable[[], T], timeout: float = 15, interval: float = 0.05, what: str = "condition") -> T:
+def wait_for(probe: Callable[[], T], timeout: float = 30, interval: float = 0.05, what: str = "condition") -> T:
     """Poll `probe` until it returns something truthy; fail with the last value seen after `timeout` s."""
     deadline = time.monotonic() + timeout
     value = probe()

@@ -7,6 +7,7 @@ costs seconds, not the job.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from filelock import FileLock
 from tenacity import retry, stop_after_attempt, wait_exponential
 
 from .api.spec import PEFTJob
@@ -51,6 +53,17 @@ def job_tags(job: PEFTJob) -> dict[str, str]:
     return tags
 
 
+def store_lock() -> contextlib.AbstractContextManager[Any]:
+    """For an sqlite store, an inter-process lock next to the file: two jobs started together in one folder
+    would otherwise both run MLflow's schema migration on a new database and leave it broken for good."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    return FileLock(uri.removeprefix("sqlite:///") + ".lock")
+
+
 class Tracker:
     """The job's MLflow run, or nothing at all (not rank 0, or tracking unreachable)."""
 
@@ -79,6 +92,10 @@ class Tracker:
             return None
 
     def _start(self) -> str:
+        with store_lock():
+            return self._find_or_create_run()
+
+    def _find_or_create_run(self) -> str:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 

@@ -1,14 +1,18 @@
-"""The trainer's parts, each on its own, in this process: config rendering, environment, data checks,
-sharding, storage (local and a real moto S3 server), checkpoint completeness, tracking failures, the gang."""
+"""The trainer's parts, each on its own, in this process (or forked ones, where the behaviour is between
+processes): config rendering, environment, data checks, sharding, storage (local and a real moto S3 server),
+checkpoint completeness, tracking failures and concurrency, the gang."""
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +26,8 @@ from peftjob_trainer.progress import Progress
 from peftjob_trainer.storage import open_storage
 from peftjob_trainer.tracking import Tracker, flatten
 from peftjob_trainer.local_run import free_port
+
+JOBS_AT_ONCE = 6
 
 
 def make_job(**spec_overrides):
@@ -241,6 +247,32 @@ def test_one_mlflow_run_per_job_is_found_again(mlflow_server, monkeypatch):
     assert run.data.params["training.learningRate"] == "0.0003" and run.data.tags["peftjob.name"] == "unit"
     assert [m.step for m in client.get_metric_history(first.run_id, "loss")] == [1, 2]
     assert flatten({"a": {"b": [1, 2]}}) == {"a.b": "[1, 2]"}
+
+
+def start_tracker(barrier: Any, uri: str, name: str, results: Any) -> None:
+    """One job's rank 0 starting its MLflow run the moment all the others do."""
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    job = make_job()
+    job.metadata.name = name
+    barrier.wait()
+    results.put((name, Tracker(job, enabled=True).run_id))
+
+
+def test_jobs_starting_together_on_a_new_sqlite_store_each_get_their_run(tmp_path):
+    """Without the store lock, MLflow's schema migration raced in most rounds of six jobs here and left the
+    database broken for every later run."""
+    context = multiprocessing.get_context("fork")
+    for round_ in range(2):
+        uri = f"sqlite:///{tmp_path / f'mlflow-{round_}.db'}"
+        barrier, results = context.Barrier(JOBS_AT_ONCE), context.Queue()
+        starts = [context.Process(target=start_tracker, args=(barrier, uri, f"job{index}", results))
+                  for index in range(JOBS_AT_ONCE)]
+        for process in starts:
+            process.start()
+        runs = dict(results.get(timeout=120) for _ in starts)
+        for process in starts:
+            process.join()
+        assert all(runs.values()) and len(set(runs.values())) == JOBS_AT_ONCE, runs
 
 
 def test_progress_is_served_and_a_busy_port_only_warns(caplog):

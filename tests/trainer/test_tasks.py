@@ -1,0 +1,195 @@
+"""The two tasks besides text classification, end to end through `peftjob run`: a causal LM on prompt/completion
+data (ZeRO-1, bf16, loss on the completion only) and an image classifier on an image folder (ZeRO-2, VPT). Real
+DeepSpeed ranks on CPU. Both launches start together in one folder, because start-up dominates and because two
+jobs sharing the embedded MLflow store there is what a user does too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.trainer import tiny
+
+pytestmark = pytest.mark.slow
+RUN = "import sys; from peftjob_trainer.local_run import main; sys.exit(main(sys.argv[1]))"
+LAUNCH_TIMEOUT = 600
+CAUSAL_LORA = {"lora": {"r": 4, "targetModules": ["q_proj", "v_proj"]}}
+COLOURS = {"blue": (20, 40, 220), "red": (220, 30, 30)}
+
+
+def llama(directory: Path) -> Path:
+    """A tiny random Llama with the word-level tokenizer. Weights at 15x the usual init scale: with the default
+    0.02 a frozen random LM head caps every logit near +-0.6, so no adapter could make a confident prediction."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tiny.WORDS) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, pad_token_id=0, eos_token_id=4,
+        initializer_range=0.3,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tiny.tokenizer(directory)
+    return directory
+
+
+def copy_task(path: Path, count: int, seed: int) -> Path:
+    """Prompt: two filler words; completion: the first one again."""
+    rng = random.Random(seed)
+    with path.open("w") as handle:
+        for _ in range(count):
+            first, second = rng.sample(tiny.WORDS[:60], 2)
+            handle.write(json.dumps({"question": f"{first} {second}", "answer": first}) + "\n")
+    return path
+
+
+def vit(directory: Path) -> Path:
+    """A tiny random ViT (16 px images) and its image processor."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ViTForImageClassification(config).save_pretrained(directory)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(directory)
+    return directory
+
+
+def colour_folder(root: Path, per_class: int, seed: int) -> Path:
+    """root/<colour>/<n>.png: noisy squares of one colour each."""
+    from PIL import Image
+
+    rng = random.Random(seed)
+    for name, rgb in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            pixels = [tuple(max(0, min(255, c + rng.randint(-30, 30))) for c in rgb) for _ in range(24 * 24)]
+            image = Image.new("RGB", (24, 24))
+            image.putdata(pixels)
+            image.save(root / name / f"{index}.png")
+    return root
+
+
+def training(**overrides: Any) -> dict[str, Any]:
+    return {"maxSteps": 30, "microBatchSize": 8, "learningRate": 0.01, "warmupSteps": 2, "logInterval": 5,
+            "evalInterval": 0, "checkpointInterval": 10, "seed": 5, **overrides}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tasks")
+    llama(root / "llama")
+    copy_task(root / "copy-train.jsonl", 160, seed=1)
+    copy_task(root / "copy-eval.jsonl", 32, seed=2)
+    vit(root / "vit")
+    colour_folder(root / "images-train", 24, seed=3)
+    colour_folder(root / "images-eval", 8, seed=4)
+    return root
+
+
+SPECS = {
+    "causal": {
+        "model": {"source": "llama", "task": "causal-lm"},
+        "method": CAUSAL_LORA,
+        "data": {"train": {"source": "copy-train.jsonl"}, "eval": {"source": "copy-eval.jsonl"},
+                 "promptField": "question", "completionField": "answer", "maxLength": 16},
+        "training": training(maxSteps=60, learningRate=0.05, precision="bf16"),
+        "deepspeed": {"zeroStage": 1},
+        "workers": {"replicas": 1, "processesPerWorker": 1},
+        "output": {"uri": "out"},
+    },
+    "image": {
+        "model": {"source": "vit", "task": "image-classification", "numLabels": 2},
+        "method": {"vpt": {"numTokens": 4, "depth": "deep"}},
+        "data": {"train": {"source": "images-train"}, "eval": {"source": "images-eval"}},
+        "training": training(microBatchSize=4, learningRate=0.02),
+        "deepspeed": {"zeroStage": 2},
+        "workers": {"replicas": 1, "processesPerWorker": 1},
+        "output": {"uri": "out"},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def runs(workdir: Path) -> dict[str, tuple[int, str]]:
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    launches = {
+        name: subprocess.Popen([sys.executable, "-c", RUN, str(tiny.job(name, spec, workdir / f"{name}.yaml"))],
+                               cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for name, spec in SPECS.items()
+    }
+    return {name: (process.wait(LAUNCH_TIMEOUT), process.communicate()[0]) for name, process in launches.items()}
+
+
+def result(workdir: Path, name: str) -> dict[str, Any]:
+    return json.loads((workdir / ".peftjob" / name / "result.json").read_text())
+
+
+def test_causal_lm_learns_the_completion_in_bf16_and_peft_reads_the_adapter(workdir: Path, runs) -> None:
+    code, output = runs["causal"]
+    assert code == 0, output[-4000:]
+    outcome = result(workdir, "causal")
+    before, after = outcome["initialMetrics"], outcome["metrics"]
+    assert after["eval_loss"] < before["eval_loss"] - 0.5, (before, after)
+    assert after["eval_perplexity"] < before["eval_perplexity"]
+    adapter = workdir / "out" / "causal" / "adapter"
+    assert {tensor.dtype for tensor in load_file(adapter / "adapter_model.safetensors").values()} == {torch.bfloat16}
+    assert_peft_logits_match(workdir / "llama", adapter)
+
+
+def assert_peft_logits_match(backbone: Path, adapter: Path) -> None:
+    """peft's reading of the exported LoRA gives the logits our own loader gives, and training moved them."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from peftjob_trainer.api import load_object
+    from peftjob_trainer.methods import build_method
+
+    ids = torch.tensor([[2, 10, 20, 3, 10]])
+    base = AutoModelForCausalLM.from_pretrained(backbone).eval()
+    with torch.no_grad():
+        untrained = base(input_ids=ids).logits
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(backbone), adapter).eval()
+    job = load_object({"apiVersion": "peft.dev/v1alpha1", "kind": "PEFTJob", "metadata": {"name": "x"},
+                       "spec": SPECS["causal"]})
+    method = build_method(job.spec.method, job.spec.model.task)
+    ours = method.attach(AutoModelForCausalLM.from_pretrained(backbone))
+    method.load(ours, adapter)
+    ours.eval()
+    with torch.no_grad():
+        expected, actual = ours(input_ids=ids).logits, theirs(input_ids=ids).logits
+    assert (expected - actual).abs().max().item() < 1e-5
+    assert (expected - untrained).abs().max().item() > 1e-3
+
+
+def test_image_folder_trains_vpt_under_zero2(workdir: Path, runs) -> None:
+    code, output = runs["image"]
+    assert code == 0, output[-4000:]
+    outcome = result(workdir, "image")
+    before, after = outcome["initialMetrics"], outcome["metrics"]
+    assert after["eval_loss"] < before["eval_loss"], (before, after)
+    assert after["eval_accuracy"] >= 0.9, (before, after)
+    assert outcome["worldSize"] == 1 and outcome["steps"] == 30
+
+
+def test_jobs_started_together_share_the_embedded_mlflow_store(workdir: Path, runs) -> None:
+    """Both launches created and migrated `mlflow.db` at the same moment; each job has its one run, FINISHED."""
+    from mlflow.tracking import MlflowClient
+
+    assert all(code == 0 for code, _ in runs.values())
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    finished = {run.data.tags["peftjob.name"]: run.info.status for run in client.search_runs(
+        [experiment.experiment_id for experiment in client.search_experiments()])}
+    assert finished == {"causal": "FINISHED", "image": "FINISHED"}
+    for code, output in runs.values():
+        assert "MLflow: cannot" not in output, output[-4000:]
