@@ -77,6 +77,8 @@ def train(job: PEFTJob) -> TrainerResult | None:
         lr_scheduler=lambda optimizer: lr_scheduler(optimizer, training, steps),
     )
 
+    if rank.is_main:
+        log.info("%s; %s of %s parameters train", describe_engine(engine, rank), f"{trainable_params:,}", f"{total_params:,}")
     tracker = Tracker(job, enabled=rank.is_main)
     progress = Progress(steps)
     if rank.is_main:
@@ -169,6 +171,20 @@ def train(job: PEFTJob) -> TrainerResult | None:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def describe_engine(engine: Any, rank: Rank) -> str:
+    """What DeepSpeed actually set up (stage, precision, optimizer and where state lives), read back from the
+    engine rather than the spec, so a config that did not take effect shows in the log."""
+    precision = "bf16" if engine.bfloat16_enabled() else "fp16" if engine.fp16_enabled() else "fp32"
+    parts = [f"DeepSpeed ZeRO-{engine.zero_optimization_stage()} on {rank.world_size} rank(s), {precision}",
+             f"optimizer {type(engine.basic_optimizer).__name__}"]
+    for what, offload in (("optimizer state", engine.zero_offload_optimizer()), ("parameters", engine.zero_offload_param())):
+        device = getattr(offload, "device", None)
+        device = getattr(device, "value", device)  # a str or an enum, depending on the DeepSpeed version
+        if device and device != "none":
+            parts.append(f"{what} offloaded to {device}")
+    return ", ".join(parts)
 
 
 def new_window() -> dict[str, float]:

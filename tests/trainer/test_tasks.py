@@ -1,7 +1,14 @@
-"""The two tasks besides text classification, end to end through `peftjob run`: a causal LM on prompt/completion
-data (ZeRO-1, bf16, loss on the completion only) and an image classifier on an image folder (ZeRO-2, VPT). Real
-DeepSpeed ranks on CPU. Both launches start together in one folder, because start-up dominates and because two
-jobs sharing the embedded MLflow store there is what a user does too.
+"""The two tasks besides text classification, and the DeepSpeed settings the text tests leave out, end to end
+through `peftjob run` with real DeepSpeed ranks on CPU:
+
+- a causal LM on prompt/completion data (ZeRO-1, bf16, loss on the completion only);
+- an image classifier (VPT, ZeRO-2) whose backbone and image folders are s3:// prefixes on the moto server,
+  read by two local ranks that start together and share one download;
+- ZeRO-3 with optimizer and parameter offload to the CPU (on a CPU-only machine this can only show that
+  DeepSpeed accepts and reports it, not that it saves memory).
+
+The launches start together in one folder, because start-up dominates and because jobs sharing the embedded
+MLflow store there is what a user does too.
 """
 
 from __future__ import annotations
@@ -97,6 +104,17 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
+def upload(s3_server: Any, folder: Path, uri: str) -> str:
+    """Every file under `folder` to the s3:// prefix `uri`; returns `uri`."""
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    s3_server.bucket(bucket)
+    client = s3_server.client()
+    for path in folder.rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder)}")
+    return uri
+
+
 SPECS = {
     "causal": {
         "model": {"source": "llama", "task": "causal-lm"},
@@ -109,11 +127,21 @@ SPECS = {
         "output": {"uri": "out"},
     },
     "image": {
-        "model": {"source": "vit", "task": "image-classification", "numLabels": 2},
+        "model": {"source": "s3://tasks/models/vit", "task": "image-classification", "numLabels": 2},
         "method": {"vpt": {"numTokens": 4, "depth": "deep"}},
-        "data": {"train": {"source": "images-train"}, "eval": {"source": "images-eval"}},
-        "training": training(microBatchSize=4, learningRate=0.02),
+        "data": {"train": {"source": "s3://tasks/images-train"}, "eval": {"source": "s3://tasks/images-eval"}},
+        "training": training(microBatchSize=2, learningRate=0.02),
         "deepspeed": {"zeroStage": 2},
+        "workers": {"replicas": 1, "processesPerWorker": 2},
+        "output": {"uri": "out"},
+    },
+    "offload": {
+        "model": {"source": "llama", "task": "causal-lm"},
+        "method": CAUSAL_LORA,
+        "data": {"train": {"source": "copy-train.jsonl"}, "eval": {"source": "copy-eval.jsonl"},
+                 "promptField": "question", "completionField": "answer", "maxLength": 16},
+        "training": training(maxSteps=60, learningRate=0.05),
+        "deepspeed": {"zeroStage": 3, "offloadOptimizer": "cpu", "offloadParam": "cpu"},
         "workers": {"replicas": 1, "processesPerWorker": 1},
         "output": {"uri": "out"},
     },
@@ -121,8 +149,13 @@ SPECS = {
 
 
 @pytest.fixture(scope="module")
-def runs(workdir: Path) -> dict[str, tuple[int, str]]:
+def runs(workdir: Path, s3_server: Any) -> dict[str, tuple[int, str]]:
+    upload(s3_server, workdir / "vit", "s3://tasks/models/vit")
+    for split in ("train", "eval"):
+        upload(s3_server, workdir / f"images-{split}", f"s3://tasks/images-{split}")
+    SPECS["image"]["output"]["s3EndpointUrl"] = s3_server.endpoint
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env.update(s3_server.env, PEFTJOB_CACHE_DIR=str(workdir / "cache"))
     launches = {
         name: subprocess.Popen([sys.executable, "-c", RUN, str(tiny.job(name, spec, workdir / f"{name}.yaml"))],
                                cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -172,14 +205,27 @@ def assert_peft_logits_match(backbone: Path, adapter: Path) -> None:
     assert (expected - untrained).abs().max().item() > 1e-3
 
 
-def test_image_folder_trains_vpt_under_zero2(workdir: Path, runs) -> None:
+def test_image_folders_and_backbone_from_s3_train_vpt_under_zero2(workdir: Path, runs) -> None:
     code, output = runs["image"]
     assert code == 0, output[-4000:]
     outcome = result(workdir, "image")
     before, after = outcome["initialMetrics"], outcome["metrics"]
     assert after["eval_loss"] < before["eval_loss"], (before, after)
     assert after["eval_accuracy"] >= 0.9, (before, after)
-    assert outcome["worldSize"] == 1 and outcome["steps"] == 30
+    assert outcome["worldSize"] == 2 and outcome["steps"] == 30
+    assert "DeepSpeed ZeRO-2 on 2 rank(s), fp32" in output
+    # Both ranks loaded the backbone from one download in the node cache, made complete exactly once.
+    (cached,) = [path for path in (workdir / "cache" / "models").iterdir() if path.suffix != ".lock"]
+    assert (cached / ".peftjob-complete").exists() and (cached / "config.json").exists()
+
+
+def test_zero3_with_optimizer_and_parameter_offload_trains(workdir: Path, runs) -> None:
+    code, output = runs["offload"]
+    assert code == 0, output[-4000:]
+    assert "DeepSpeed ZeRO-3 on 1 rank(s), fp32, optimizer AdamW, optimizer state offloaded to cpu, " \
+           "parameters offloaded to cpu" in output
+    outcome = result(workdir, "offload")
+    assert outcome["metrics"]["eval_loss"] < outcome["initialMetrics"]["eval_loss"] - 0.5
 
 
 def test_jobs_started_together_share_the_embedded_mlflow_store(workdir: Path, runs) -> None:
@@ -190,6 +236,6 @@ def test_jobs_started_together_share_the_embedded_mlflow_store(workdir: Path, ru
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     finished = {run.data.tags["peftjob.name"]: run.info.status for run in client.search_runs(
         [experiment.experiment_id for experiment in client.search_experiments()])}
-    assert finished == {"causal": "FINISHED", "image": "FINISHED"}
+    assert finished == {name: "FINISHED" for name in SPECS}
     for code, output in runs.values():
         assert "MLflow: cannot" not in output, output[-4000:]
