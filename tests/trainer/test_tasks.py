@@ -4,8 +4,9 @@ through `peftjob run` with real DeepSpeed ranks on CPU:
 - a causal LM on prompt/completion data (ZeRO-1, bf16, loss on the completion only);
 - an image classifier (VPT, ZeRO-2) whose backbone and image folders are s3:// prefixes on the moto server,
   read by two local ranks that start together and share one download;
-- ZeRO-3 with optimizer and parameter offload to the CPU (on a CPU-only machine this can only show that
-  DeepSpeed accepts and reports it, not that it saves memory).
+- a backbone named by hub id (offline, from a pre-filled Hugging Face cache) under ZeRO-3 with optimizer and
+  parameter offload to the CPU (on a CPU-only machine this can only show that DeepSpeed accepts and reports
+  the offload, not that it saves memory).
 
 The launches start together in one folder, because start-up dominates and because jobs sharing the embedded
 MLflow store there is what a user does too.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,12 +117,25 @@ def upload(s3_server: Any, folder: Path, uri: str) -> str:
     return uri
 
 
+def hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
+    """`folder` as the Hugging Face cache holds a downloaded `repo_id` at `main`: what a pre-warmed node cache or
+    PVC gives a job whose model.source is a hub id, offline."""
+    revision = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    shutil.copytree(folder, repo / "snapshots" / revision)
+    return cache
+
+
+HUB_ID = "peftjob-tests/tiny-llama"
+COPY_DATA = {"train": {"source": "copy-train.jsonl"}, "eval": {"source": "copy-eval.jsonl"},
+             "promptField": "question", "completionField": "answer", "maxLength": 16}
 SPECS = {
     "causal": {
         "model": {"source": "llama", "task": "causal-lm"},
         "method": CAUSAL_LORA,
-        "data": {"train": {"source": "copy-train.jsonl"}, "eval": {"source": "copy-eval.jsonl"},
-                 "promptField": "question", "completionField": "answer", "maxLength": 16},
+        "data": COPY_DATA,
         "training": training(maxSteps=60, learningRate=0.05, precision="bf16"),
         "deepspeed": {"zeroStage": 1},
         "workers": {"replicas": 1, "processesPerWorker": 1},
@@ -136,10 +151,9 @@ SPECS = {
         "output": {"uri": "out"},
     },
     "offload": {
-        "model": {"source": "llama", "task": "causal-lm"},
+        "model": {"source": HUB_ID, "task": "causal-lm"},
         "method": CAUSAL_LORA,
-        "data": {"train": {"source": "copy-train.jsonl"}, "eval": {"source": "copy-eval.jsonl"},
-                 "promptField": "question", "completionField": "answer", "maxLength": 16},
+        "data": COPY_DATA,
         "training": training(maxSteps=60, learningRate=0.05),
         "deepspeed": {"zeroStage": 3, "offloadOptimizer": "cpu", "offloadParam": "cpu"},
         "workers": {"replicas": 1, "processesPerWorker": 1},
@@ -155,7 +169,8 @@ def runs(workdir: Path, s3_server: Any) -> dict[str, tuple[int, str]]:
         upload(s3_server, workdir / f"images-{split}", f"s3://tasks/images-{split}")
     SPECS["image"]["output"]["s3EndpointUrl"] = s3_server.endpoint
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    env.update(s3_server.env, PEFTJOB_CACHE_DIR=str(workdir / "cache"))
+    env.update(s3_server.env, PEFTJOB_CACHE_DIR=str(workdir / "cache"), HF_HUB_OFFLINE="1",
+               HF_HUB_CACHE=str(hub_cache(workdir / "hub", HUB_ID, workdir / "llama")))
     launches = {
         name: subprocess.Popen([sys.executable, "-c", RUN, str(tiny.job(name, spec, workdir / f"{name}.yaml"))],
                                cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -219,7 +234,7 @@ def test_image_folders_and_backbone_from_s3_train_vpt_under_zero2(workdir: Path,
     assert (cached / ".peftjob-complete").exists() and (cached / "config.json").exists()
 
 
-def test_zero3_with_optimizer_and_parameter_offload_trains(workdir: Path, runs) -> None:
+def test_a_hub_id_backbone_trains_under_zero3_with_optimizer_and_parameter_offload(workdir: Path, runs) -> None:
     code, output = runs["offload"]
     assert code == 0, output[-4000:]
     assert "DeepSpeed ZeRO-3 on 1 rank(s), fp32, optimizer AdamW, optimizer state offloaded to cpu, " \
