@@ -31,8 +31,7 @@ from .status import TERMINAL, Decision, parse_progress, reconcile, reject, time_
 PEFTJOBS = (API_GROUP, API_VERSION, PLURAL)
 API = f"{API_GROUP}/{API_VERSION}"
 # Spec fields a user may change while the job exists; anything else would make the running gang lie.
-MUTABLE_FIELDS = ("runPolicy.suspend", "runPolicy.activeDeadlineSeconds", "runPolicy.ttlSecondsAfterFinished",
-                  "runPolicy.cleanPodPolicy")
+MUTABLE_FIELDS = ("runPolicy.suspend", "runPolicy.activeDeadlineSeconds", "runPolicy.ttlSecondsAfterFinished")
 PROGRESS_TIMEOUT = 2.0
 # A failed handler (an API call refused or timed out) is retried after this many seconds; kopf's default of
 # 60 s would leave a new job without pods for a minute after one transient API error.
