@@ -78,7 +78,8 @@ def train(job: PEFTJob) -> TrainerResult | None:
     )
 
     if rank.is_main:
-        log.info("%s; %s of %s parameters train", describe_engine(engine, rank), f"{trainable_params:,}", f"{total_params:,}")
+        log.info("%s; %s of %s parameters train", describe_engine(engine, rank), f"{trainable_params:,}",
+                 f"{total_params:,}")
     tracker = Tracker(job, enabled=rank.is_main)
     progress = Progress(steps)
     if rank.is_main:
@@ -179,7 +180,8 @@ def describe_engine(engine: Any, rank: Rank) -> str:
     precision = "bf16" if engine.bfloat16_enabled() else "fp16" if engine.fp16_enabled() else "fp32"
     parts = [f"DeepSpeed ZeRO-{engine.zero_optimization_stage()} on {rank.world_size} rank(s), {precision}",
              f"optimizer {type(engine.basic_optimizer).__name__}"]
-    for what, offload in (("optimizer state", engine.zero_offload_optimizer()), ("parameters", engine.zero_offload_param())):
+    offloads = {"optimizer state": engine.zero_offload_optimizer(), "parameters": engine.zero_offload_param()}
+    for what, offload in offloads.items():
         device = getattr(offload, "device", None)
         device = getattr(device, "value", device)  # a str or an enum, depending on the DeepSpeed version
         if device and device != "none":
