@@ -14,18 +14,26 @@ from tests.methods.method_checks import (
 from tests.methods.tiny_models import FAMILY_TASK_PAIRS, HIDDEN, LAYERS, head_params, tiny_batch, tiny_model
 
 M = 8
-# Norm modules and their parameter count per family: BERT/ViT LayerNorm has weight+bias, Llama's RMSNorm weight only.
+# Norm modules and their parameter count per family: (Distil)BERT/ViT/GPT-2 LayerNorms have weight+bias, the
+# RMSNorms of Llama, Qwen2 and Mistral a weight only.
+RMS_NORM_PARAMS = (2 * LAYERS + 1) * HIDDEN  # two RMSNorms per block + final
 NORM_PARAMS = {
     "bert": (1 + 2 * LAYERS) * 2 * HIDDEN,  # embeddings + two per block
+    "distilbert": (1 + 2 * LAYERS) * 2 * HIDDEN,  # embeddings + sa_layer_norm, output_layer_norm per block
     "vit": (2 * LAYERS + 1) * 2 * HIDDEN,  # two per block + final
     "gpt2": (2 * LAYERS + 1) * 2 * HIDDEN,  # ln_1, ln_2 per block + ln_f
-    "llama": (2 * LAYERS + 1) * HIDDEN,  # two RMSNorms per block + final
+    "llama": RMS_NORM_PARAMS,
+    "qwen2": RMS_NORM_PARAMS,
+    "mistral": RMS_NORM_PARAMS,
 }
 ADAPTER_SITES = {
     "bert": {"attention.output.dense", "output.dense"},
+    "distilbert": {"attention.out_lin", "ffn.lin2"},
     "vit": {"attention.o_proj", "mlp.fc2"},
     "gpt2": {"attn.c_proj", "mlp.c_proj"},
     "llama": {"self_attn.o_proj", "mlp.down_proj"},
+    "qwen2": {"self_attn.o_proj", "mlp.down_proj"},
+    "mistral": {"self_attn.o_proj", "mlp.down_proj"},
 }
 
 

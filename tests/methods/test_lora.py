@@ -14,15 +14,19 @@ from peftjob_trainer.methods.params import StateMismatch
 from tests.methods.method_checks import (
     assert_reload_gives_same_logits, counts_over_base, logits, moved_by_a_step, train_step, trainable_names,
 )
-from tests.methods.tiny_models import FAMILY_TASK_PAIRS, HIDDEN, LAYERS, head_params, tiny_batch, tiny_model
+from tests.methods.tiny_models import (
+    FAMILY_TASK_PAIRS, HIDDEN, LAYERS, head_params, head_prefixes, kv_width, query_width, tiny_batch, tiny_model,
+)
 
 R = 4
-# (in, out) of the default targets per family: query/value (BERT, ViT, Llama with 2 of 4 heads as key/value
-# heads: v_proj is 32 -> 16), GPT-2's fused c_attn Conv1D 32 -> 96.
+# (in, out) of the default targets per family: query/value (BERT, DistilBERT's q_lin/v_lin, ViT; Llama and Qwen2
+# with 2 of 4 heads as key/value heads: v_proj is 32 -> 16; Mistral with head_dim 16 and one key/value head:
+# q_proj 32 -> 64, v_proj 32 -> 16), GPT-2's fused c_attn Conv1D 32 -> 96. Qwen2's q/v biases stay frozen.
 DEFAULT_TARGET_SHAPES = {
     "bert": [(HIDDEN, HIDDEN), (HIDDEN, HIDDEN)],
+    "distilbert": [(HIDDEN, HIDDEN), (HIDDEN, HIDDEN)],
     "vit": [(HIDDEN, HIDDEN), (HIDDEN, HIDDEN)],
-    "llama": [(HIDDEN, HIDDEN), (HIDDEN, HIDDEN // 2)],
+    **{family: [(HIDDEN, query_width(family)), (HIDDEN, kv_width(family))] for family in ("llama", "qwen2", "mistral")},
     "gpt2": [(HIDDEN, 3 * HIDDEN)],
 }
 
@@ -53,7 +57,7 @@ def test_a_step_changes_only_lora_and_head(family, task):
     model = lora(task).attach(tiny_model(family, task))
     moved = moved_by_a_step(model, tiny_batch(family, task))
     assert any(name.endswith("lora_B.weight") for name in moved)
-    assert all("lora_" in name or name.startswith(("classifier.", "score.")) for name in trainable_names(model))
+    assert all("lora_" in name or name.startswith(head_prefixes(family, task)) for name in trainable_names(model))
 
 
 @pytest.mark.parametrize(("family", "task"), FAMILY_TASK_PAIRS)
@@ -95,6 +99,13 @@ def test_export_loads_in_peft_with_the_same_logits(family, task, tmp_path):
     theirs = peft.PeftModel.from_pretrained(tiny_model(family, task), tmp_path).eval()
     batch = tiny_batch(family, task)
     assert (logits(theirs, batch) - logits(model, batch)).abs().max().item() < 1e-5
+
+
+def test_qwen2_projection_biases_stay_in_the_frozen_base_layer():
+    model = lora("causal-lm").attach(tiny_model("qwen2", "causal-lm"))
+    assert len(lora_layers(model)) == 2 * LAYERS
+    for layer in lora_layers(model):
+        assert layer.base_layer.bias is not None and not layer.base_layer.bias.requires_grad
 
 
 def test_target_modules_are_matched_by_suffix():

@@ -8,7 +8,9 @@ from peftjob_trainer.api.spec import METHOD_NAMES, MethodSpec
 from peftjob_trainer.methods import REGISTRY, build_method, method_class
 from peftjob_trainer.methods.families import UnsupportedModel, dims, family_of
 
-from tests.methods.tiny_models import HEADS, HIDDEN, KV_HEADS, LAYERS, tiny_model
+from tests.methods.tiny_models import (
+    FAMILY_TASK_PAIRS, HEADS, HIDDEN, KV_HEADS, LAYERS, MISTRAL_HEAD_DIM, MISTRAL_KV_HEADS, tiny_config, tiny_model,
+)
 
 
 def test_every_spec_method_is_registered():
@@ -37,13 +39,23 @@ def test_families_come_from_model_type(model_type, family):
     assert family_of(transformers.AutoConfig.for_model(model_type)).name == family
 
 
+@pytest.mark.parametrize(("family", "task"), FAMILY_TASK_PAIRS)
+def test_each_tiny_model_is_named_by_its_model_type(family, task):
+    # the tests' family string is the model type, so each claimed model type is proven by a model of that type
+    assert tiny_config(family, task).model_type == family
+
+
 def test_an_unknown_model_type_is_refused_by_name():
     with pytest.raises(UnsupportedModel, match="model_type 't5' is not supported"):
         family_of(transformers.AutoConfig.for_model("t5"), "lora")
 
 
-@pytest.mark.parametrize(("family", "task", "method"), [("vit", "image-classification", "promptTuning"),
-                                                        ("gpt2", "causal-lm", "vpt")])
+@pytest.mark.parametrize(
+    ("family", "task", "method"),
+    [("vit", "image-classification", "promptTuning"), ("gpt2", "causal-lm", "vpt"), ("qwen2", "causal-lm", "vpt"),
+     ("mistral", "sequence-classification", "vpt"), ("distilbert", "sequence-classification", "prefixTuning"),
+     ("distilbert", "sequence-classification", "vpt")],
+)
 def test_an_unsupported_pair_names_model_type_and_method(family, task, method):
     with pytest.raises(UnsupportedModel, match=f"method {method} is not supported on model_type '{family}'"):
         family_of(tiny_model(family, task), method)
@@ -54,3 +66,7 @@ def test_dims_are_read_from_the_config_with_grouped_query_attention():
     assert (sizes.hidden_size, sizes.num_layers, sizes.num_attention_heads) == (HIDDEN, LAYERS, HEADS)
     assert (sizes.num_key_value_heads, sizes.head_dim) == (KV_HEADS, HIDDEN // HEADS)
     assert dims(tiny_model("gpt2", "causal-lm")).num_key_value_heads == HEADS
+    mistral = dims(tiny_model("mistral", "causal-lm"))  # head_dim set in the config, not HIDDEN // HEADS
+    assert (mistral.num_key_value_heads, mistral.head_dim) == (MISTRAL_KV_HEADS, MISTRAL_HEAD_DIM)
+    distilbert = dims(tiny_model("distilbert", "sequence-classification"))  # dim / n_layers / n_heads in its config
+    assert (distilbert.hidden_size, distilbert.num_layers, distilbert.num_attention_heads) == (HIDDEN, LAYERS, HEADS)

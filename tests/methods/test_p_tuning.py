@@ -9,7 +9,9 @@ from tests.methods.method_checks import (
     assert_a_step_trains_only, assert_greedy_generation_follows_forward, assert_reload_gives_same_logits,
     counts_over_base, logits, train_step,
 )
-from tests.methods.tiny_models import DECODERS, HIDDEN, PROMPT_CASES, head_params, tiny_batch, tiny_model
+from tests.methods.tiny_models import (
+    DECODERS, HIDDEN, INPUT_PROMPT_CASES, head_params, head_prefixes, tiny_batch, tiny_model,
+)
 
 from peftjob_trainer.api.spec import MethodSpec
 from peftjob_trainer.methods import build_method
@@ -43,14 +45,14 @@ def templated(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
-@pytest.mark.parametrize(("family", "task"), PROMPT_CASES)
+@pytest.mark.parametrize(("family", "task"), INPUT_PROMPT_CASES)
 def test_a_step_changes_only_the_encoder_and_head(family, task, encoder):
     model = p_tuning(task, encoder=encoder).attach(tiny_model(family, task))
-    assert_a_step_trains_only(model, tiny_batch(family, task), ("prompt.", "model.classifier."))
+    assert_a_step_trains_only(model, tiny_batch(family, task), ("prompt.", *head_prefixes(family, task, "model.")))
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
-@pytest.mark.parametrize(("family", "task"), PROMPT_CASES)
+@pytest.mark.parametrize(("family", "task"), INPUT_PROMPT_CASES)
 def test_counts_match_the_encoder_formula(family, task, encoder):
     trainable, added = counts_over_base(p_tuning(task, encoder=encoder), family, task)
     assert trainable == encoder_params(encoder) + head_params(family, task)
@@ -58,7 +60,7 @@ def test_counts_match_the_encoder_formula(family, task, encoder):
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
-@pytest.mark.parametrize(("family", "task"), PROMPT_CASES)
+@pytest.mark.parametrize(("family", "task"), INPUT_PROMPT_CASES)
 def test_save_then_load_into_a_fresh_base_gives_the_same_logits(family, task, encoder, tmp_path):
     model = (method := p_tuning(task, encoder=encoder)).attach(tiny_model(family, task))
     train_step(model, tiny_batch(family, task), steps=2)

@@ -9,7 +9,7 @@ from tests.methods.method_checks import (
     counts_over_base, logits, train_step,
 )
 from tests.methods.tiny_models import (
-    DECODERS, HEADS, HIDDEN, KV_HEADS, LAYERS, PROMPT_CASES, head_params, tiny_batch, tiny_model,
+    DECODERS, HIDDEN, LAYERS, PROMPT_CASES, head_params, head_prefixes, kv_width, tiny_batch, tiny_model,
 )
 
 from peftjob_trainer.api.spec import MethodSpec
@@ -26,9 +26,9 @@ def prefix_tuning(task: str, **fields):
 
 
 def prefix_params(family: str, projection: bool) -> int:
-    """Keys and values for every layer, sized by key/value heads (Llama: GQA, 2 of 4 heads)."""
-    kv_width = (KV_HEADS if family == "llama" else HEADS) * (HIDDEN // HEADS)
-    out = LAYERS * 2 * kv_width
+    """Keys and values for every layer, sized by key/value heads x head dim (GQA: Llama, Qwen2 2 of 4 heads;
+    Mistral 1 of 4 with head_dim 16)."""
+    out = LAYERS * 2 * kv_width(family)
     if not projection:
         return TOKENS * out
     return TOKENS * HIDDEN + (HIDDEN * WIDTH + WIDTH) + (WIDTH * out + out)
@@ -38,7 +38,7 @@ def prefix_params(family: str, projection: bool) -> int:
 @pytest.mark.parametrize(("family", "task"), PROMPT_CASES)
 def test_a_step_changes_only_the_prefix_encoder_and_head(family, task, projection):
     model = prefix_tuning(task, projection=projection).attach(tiny_model(family, task))
-    assert_a_step_trains_only(model, tiny_batch(family, task), ("prefix_encoder.", "classifier."))
+    assert_a_step_trains_only(model, tiny_batch(family, task), ("prefix_encoder.", *head_prefixes(family, task)))
 
 
 @pytest.mark.parametrize("projection", PROJECTION)
@@ -84,11 +84,12 @@ def test_the_kv_cache_never_holds_the_prefix(family):
     assert torch.allclose(step.logits[:, -1], whole[:, -1], atol=1e-5)
 
 
-def test_activation_checkpointing_gives_the_same_gradients():
-    batch = tiny_batch("llama", "causal-lm")
+@pytest.mark.parametrize("family", DECODERS)
+def test_activation_checkpointing_gives_the_same_gradients(family):
+    batch = tiny_batch(family, "causal-lm")
     grads = []
     for checkpointing in (False, True):
-        model = prefix_tuning("causal-lm").attach(tiny_model("llama", "causal-lm"))
+        model = prefix_tuning("causal-lm").attach(tiny_model(family, "causal-lm"))
         if checkpointing:
             model.gradient_checkpointing_enable()
         model.train()

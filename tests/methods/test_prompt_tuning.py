@@ -9,7 +9,9 @@ from tests.methods.method_checks import (
     assert_a_step_trains_only, assert_greedy_generation_follows_forward, assert_reload_gives_same_logits,
     counts_over_base, train_step,
 )
-from tests.methods.tiny_models import DECODERS, HIDDEN, PROMPT_CASES, head_params, tiny_batch, tiny_model
+from tests.methods.tiny_models import (
+    DECODERS, HIDDEN, INPUT_PROMPT_CASES, head_params, head_prefixes, tiny_batch, tiny_model,
+)
 
 from peftjob_trainer.api.spec import MethodSpec
 from peftjob_trainer.methods import build_method
@@ -22,13 +24,13 @@ def prompt_tuning(task: str, **fields):
     return build_method(MethodSpec.model_validate({"promptTuning": {"numVirtualTokens": TOKENS, **fields}}), task)
 
 
-@pytest.mark.parametrize(("family", "task"), PROMPT_CASES)
+@pytest.mark.parametrize(("family", "task"), INPUT_PROMPT_CASES)
 def test_a_step_changes_only_the_prompt_and_head(family, task):
     model = prompt_tuning(task).attach(tiny_model(family, task))
-    assert_a_step_trains_only(model, tiny_batch(family, task), ("prompt.", "model.classifier."))
+    assert_a_step_trains_only(model, tiny_batch(family, task), ("prompt.", *head_prefixes(family, task, "model.")))
 
 
-@pytest.mark.parametrize(("family", "task"), PROMPT_CASES)
+@pytest.mark.parametrize(("family", "task"), INPUT_PROMPT_CASES)
 def test_counts_are_tokens_times_hidden_plus_head(family, task):
     trainable, added = counts_over_base(prompt_tuning(task), family, task)
     assert trainable == TOKENS * HIDDEN + head_params(family, task)
@@ -61,7 +63,7 @@ def test_text_init_copies_the_text_tokens_repeated(minilm_dir):
     assert torch.equal(prompt.embedding.weight.detach(), matrix[expected_ids])
 
 
-@pytest.mark.parametrize(("family", "task"), PROMPT_CASES)
+@pytest.mark.parametrize(("family", "task"), INPUT_PROMPT_CASES)
 def test_save_then_load_into_a_fresh_base_gives_the_same_logits(family, task, tmp_path):
     method = prompt_tuning(task)
     model = method.attach(tiny_model(family, task))
