@@ -3,7 +3,7 @@ through `peftjob run` with real DeepSpeed ranks on CPU:
 
 - a causal LM on prompt/completion data (ZeRO-1, bf16, loss on the completion only);
 - an image classifier (VPT, ZeRO-2) whose backbone and image folders are s3:// prefixes on the moto server,
-  read by two local ranks that start together and share one download;
+  read by two local ranks that start together and share one download, then resumed with more steps;
 - a backbone named by hub id (offline, from a pre-filled Hugging Face cache) under ZeRO-3 with optimizer and
   parameter offload to the CPU (on a CPU-only machine this can only show that DeepSpeed accepts and reports
   the offload, not that it saves memory).
@@ -14,6 +14,7 @@ MLflow store there is what a user does too.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -163,7 +164,8 @@ SPECS = {
 
 
 @pytest.fixture(scope="module")
-def runs(workdir: Path, s3_server: Any) -> dict[str, tuple[int, str]]:
+def environment(workdir: Path, s3_server: Any) -> dict[str, str]:
+    """The backbone and image folders in S3, the tiny Llama in a hub cache: the environment of every launch."""
     upload(s3_server, workdir / "vit", "s3://tasks/models/vit")
     for split in ("train", "eval"):
         upload(s3_server, workdir / f"images-{split}", f"s3://tasks/images-{split}")
@@ -171,22 +173,29 @@ def runs(workdir: Path, s3_server: Any) -> dict[str, tuple[int, str]]:
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     env.update(s3_server.env, PEFTJOB_CACHE_DIR=str(workdir / "cache"), HF_HUB_OFFLINE="1",
                HF_HUB_CACHE=str(hub_cache(workdir / "hub", HUB_ID, workdir / "llama")))
-    launches = {
-        name: subprocess.Popen([sys.executable, "-c", RUN, str(tiny.job(name, spec, workdir / f"{name}.yaml"))],
-                               cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for name, spec in SPECS.items()
-    }
-    return {name: (process.wait(LAUNCH_TIMEOUT), process.communicate()[0]) for name, process in launches.items()}
+    return env
 
 
-def result(workdir: Path, name: str) -> dict[str, Any]:
-    return json.loads((workdir / ".peftjob" / name / "result.json").read_text())
+def launch(workdir: Path, name: str, spec: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", RUN, str(tiny.job(name, spec, workdir / f"{name}.yaml"))],
+                            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(workdir: Path, name: str, process: subprocess.Popen[str]) -> tuple[int, str, dict[str, Any]]:
+    """Exit code, output and the result file, read at once (a later run of the same job rewrites it)."""
+    output = process.communicate(timeout=LAUNCH_TIMEOUT)[0]
+    assert process.returncode == 0, output[-4000:]
+    return process.returncode, output, json.loads((workdir / ".peftjob" / name / "result.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(workdir: Path, environment: dict[str, str]) -> dict[str, tuple[int, str, dict[str, Any]]]:
+    launches = {name: launch(workdir, name, spec, environment) for name, spec in SPECS.items()}
+    return {name: finish(workdir, name, process) for name, process in launches.items()}
 
 
 def test_causal_lm_learns_the_completion_in_bf16_and_peft_reads_the_adapter(workdir: Path, runs) -> None:
-    code, output = runs["causal"]
-    assert code == 0, output[-4000:]
-    outcome = result(workdir, "causal")
+    _, _, outcome = runs["causal"]
     before, after = outcome["initialMetrics"], outcome["metrics"]
     assert after["eval_loss"] < before["eval_loss"] - 0.5, (before, after)
     assert after["eval_perplexity"] < before["eval_perplexity"]
@@ -221,9 +230,7 @@ def assert_peft_logits_match(backbone: Path, adapter: Path) -> None:
 
 
 def test_image_folders_and_backbone_from_s3_train_vpt_under_zero2(workdir: Path, runs) -> None:
-    code, output = runs["image"]
-    assert code == 0, output[-4000:]
-    outcome = result(workdir, "image")
+    _, output, outcome = runs["image"]
     before, after = outcome["initialMetrics"], outcome["metrics"]
     assert after["eval_loss"] < before["eval_loss"], (before, after)
     assert after["eval_accuracy"] >= 0.9, (before, after)
@@ -234,12 +241,21 @@ def test_image_folders_and_backbone_from_s3_train_vpt_under_zero2(workdir: Path,
     assert (cached / ".peftjob-complete").exists() and (cached / "config.json").exists()
 
 
+def test_a_finished_zero2_job_given_more_steps_resumes_on_both_ranks(workdir: Path, runs, environment) -> None:
+    """Resume under ZeRO-2 (the SIGKILL test covers ZeRO-3): each rank reloads its own partition of the optimizer
+    state from the final checkpoint and goes on."""
+    longer = copy.deepcopy(SPECS["image"])
+    longer["training"]["maxSteps"] = 40
+    _, output, outcome = finish(workdir, "image", launch(workdir, "image", longer, environment))
+    assert output.count("resumed from checkpoint step-00000030 (step 30)") == 2, output[-4000:]
+    assert outcome["resumedFromStep"] == 30 and outcome["steps"] == 40
+    assert outcome["metrics"]["eval_accuracy"] >= 0.9
+
+
 def test_a_hub_id_backbone_trains_under_zero3_with_optimizer_and_parameter_offload(workdir: Path, runs) -> None:
-    code, output = runs["offload"]
-    assert code == 0, output[-4000:]
+    _, output, outcome = runs["offload"]
     assert "DeepSpeed ZeRO-3 on 1 rank(s), fp32, optimizer AdamW, optimizer state offloaded to cpu, " \
            "parameters offloaded to cpu" in output
-    outcome = result(workdir, "offload")
     assert outcome["metrics"]["eval_loss"] < outcome["initialMetrics"]["eval_loss"] - 0.5
 
 
@@ -247,10 +263,9 @@ def test_jobs_started_together_share_the_embedded_mlflow_store(workdir: Path, ru
     """Both launches created and migrated `mlflow.db` at the same moment; each job has its one run, FINISHED."""
     from mlflow.tracking import MlflowClient
 
-    assert all(code == 0 for code, _ in runs.values())
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     finished = {run.data.tags["peftjob.name"]: run.info.status for run in client.search_runs(
         [experiment.experiment_id for experiment in client.search_experiments()])}
     assert finished == {name: "FINISHED" for name in SPECS}
-    for code, output in runs.values():
+    for _, output, _ in runs.values():
         assert "MLflow: cannot" not in output, output[-4000:]
