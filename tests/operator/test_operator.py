@@ -180,7 +180,7 @@ def test_user_error_fails_at_once_with_the_workers_message(cluster: Cluster) -> 
     cluster.wait_pods("usererr", 2)
     cluster.run_all("usererr")
     cluster.set_pod("usererr-worker-1", "Failed", 3, "Traceback...\ndata.train: label 7 out of range at line 12")
-    status = cluster.wait_phase("usererr", "Failed", restarts=0)
+    cluster.wait_phase("usererr", "Failed", restarts=0)
     condition = cluster.condition("usererr", "Failed")
     assert condition["reason"] == "WorkerFailed"
     assert "worker 1" in condition["message"] and "code 3" in condition["message"]

@@ -11,8 +11,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +21,11 @@ from safetensors.torch import load_file
 
 from peftjob_trainer.local_run import free_port
 from tests.trainer import tiny
+from tests.trainer.local_job import LAUNCH_TIMEOUT, finish, launch
 
 pytestmark = pytest.mark.slow
 STEPS, CHECKPOINT_EVERY = 40, 5
 TOLERANCE = 1e-5
-LAUNCH_TIMEOUT = 600
-RUN = "import sys; from peftjob_trainer.local_run import main; sys.exit(main(sys.argv[1]))"
 
 
 @pytest.fixture(scope="module")
@@ -61,19 +58,6 @@ def spec(method: dict[str, Any], replicas: int = 1, processes: int = 2, **overri
 
 LORA = {"lora": {"r": 4, "targetModules": ["query", "value"]}}
 PROMPT = {"promptTuning": {"numVirtualTokens": 4, "init": "vocab"}}
-
-
-def launch(workdir: Path, name: str, job_spec: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[str]:
-    path = tiny.job(name, job_spec, workdir / f"{name}.yaml")
-    return subprocess.Popen(
-        [sys.executable, "-c", RUN, str(path)], cwd=workdir, env={**os.environ, **env},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-
-
-def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
-    output, _ = process.communicate(timeout=LAUNCH_TIMEOUT)
-    return process.returncode, output
 
 
 def result(workdir: Path, name: str) -> dict[str, Any]:

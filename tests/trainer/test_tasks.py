@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +27,9 @@ import torch
 from safetensors.torch import load_file
 
 from tests.trainer import tiny
+from tests.trainer.local_job import finish, launch
 
 pytestmark = pytest.mark.slow
-RUN = "import sys; from peftjob_trainer.local_run import main; sys.exit(main(sys.argv[1]))"
-LAUNCH_TIMEOUT = 600
 CAUSAL_LORA = {"lora": {"r": 4, "targetModules": ["q_proj", "v_proj"]}}
 COLOURS = {"blue": (20, 40, 220), "red": (220, 30, 30)}
 
@@ -165,37 +162,30 @@ SPECS = {
 
 @pytest.fixture(scope="module")
 def environment(workdir: Path, s3_server: Any) -> dict[str, str]:
-    """The backbone and image folders in S3, the tiny Llama in a hub cache: the environment of every launch."""
+    """The backbone and image folders in S3, the tiny Llama in a hub cache: what every launch adds to its environment."""
     upload(s3_server, workdir / "vit", "s3://tasks/models/vit")
     for split in ("train", "eval"):
         upload(s3_server, workdir / f"images-{split}", f"s3://tasks/images-{split}")
     SPECS["image"]["output"]["s3EndpointUrl"] = s3_server.endpoint
-    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    env.update(s3_server.env, PEFTJOB_CACHE_DIR=str(workdir / "cache"), HF_HUB_OFFLINE="1",
-               HF_HUB_CACHE=str(hub_cache(workdir / "hub", HUB_ID, workdir / "llama")))
-    return env
+    return {**s3_server.env, "PEFTJOB_CACHE_DIR": str(workdir / "cache"), "HF_HUB_OFFLINE": "1",
+            "HF_HUB_CACHE": str(hub_cache(workdir / "hub", HUB_ID, workdir / "llama"))}
 
 
-def launch(workdir: Path, name: str, spec: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", RUN, str(tiny.job(name, spec, workdir / f"{name}.yaml"))],
-                            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(workdir: Path, name: str, process: subprocess.Popen[str]) -> tuple[int, str, dict[str, Any]]:
-    """Exit code, output and the result file, read at once (a later run of the same job rewrites it)."""
-    output = process.communicate(timeout=LAUNCH_TIMEOUT)[0]
-    assert process.returncode == 0, output[-4000:]
-    return process.returncode, output, json.loads((workdir / ".peftjob" / name / "result.json").read_text())
+def completed(workdir: Path, name: str, process: subprocess.Popen[str]) -> tuple[str, dict[str, Any]]:
+    """Output and the result file of a job that must succeed, read at once (a rerun of the job rewrites it)."""
+    code, output = finish(process)
+    assert code == 0, output[-4000:]
+    return output, json.loads((workdir / ".peftjob" / name / "result.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def runs(workdir: Path, environment: dict[str, str]) -> dict[str, tuple[int, str, dict[str, Any]]]:
+def runs(workdir: Path, environment: dict[str, str]) -> dict[str, tuple[str, dict[str, Any]]]:
     launches = {name: launch(workdir, name, spec, environment) for name, spec in SPECS.items()}
-    return {name: finish(workdir, name, process) for name, process in launches.items()}
+    return {name: completed(workdir, name, process) for name, process in launches.items()}
 
 
 def test_causal_lm_learns_the_completion_in_bf16_and_peft_reads_the_adapter(workdir: Path, runs) -> None:
-    _, _, outcome = runs["causal"]
+    _, outcome = runs["causal"]
     before, after = outcome["initialMetrics"], outcome["metrics"]
     assert after["eval_loss"] < before["eval_loss"] - 0.5, (before, after)
     assert after["eval_perplexity"] < before["eval_perplexity"]
@@ -230,7 +220,7 @@ def assert_peft_logits_match(backbone: Path, adapter: Path) -> None:
 
 
 def test_image_folders_and_backbone_from_s3_train_vpt_under_zero2(workdir: Path, runs) -> None:
-    _, output, outcome = runs["image"]
+    output, outcome = runs["image"]
     before, after = outcome["initialMetrics"], outcome["metrics"]
     assert after["eval_loss"] < before["eval_loss"], (before, after)
     assert after["eval_accuracy"] >= 0.9, (before, after)
@@ -246,14 +236,14 @@ def test_a_finished_zero2_job_given_more_steps_resumes_on_both_ranks(workdir: Pa
     state from the final checkpoint and goes on."""
     longer = copy.deepcopy(SPECS["image"])
     longer["training"]["maxSteps"] = 40
-    _, output, outcome = finish(workdir, "image", launch(workdir, "image", longer, environment))
+    output, outcome = completed(workdir, "image", launch(workdir, "image", longer, environment))
     assert output.count("resumed from checkpoint step-00000030 (step 30)") == 2, output[-4000:]
     assert outcome["resumedFromStep"] == 30 and outcome["steps"] == 40
     assert outcome["metrics"]["eval_accuracy"] >= 0.9
 
 
 def test_a_hub_id_backbone_trains_under_zero3_with_optimizer_and_parameter_offload(workdir: Path, runs) -> None:
-    _, output, outcome = runs["offload"]
+    output, outcome = runs["offload"]
     assert "DeepSpeed ZeRO-3 on 1 rank(s), fp32, optimizer AdamW, optimizer state offloaded to cpu, " \
            "parameters offloaded to cpu" in output
     assert outcome["metrics"]["eval_loss"] < outcome["initialMetrics"]["eval_loss"] - 0.5
@@ -267,5 +257,5 @@ def test_jobs_started_together_share_the_embedded_mlflow_store(workdir: Path, ru
     finished = {run.data.tags["peftjob.name"]: run.info.status for run in client.search_runs(
         [experiment.experiment_id for experiment in client.search_experiments()])}
     assert finished == {name: "FINISHED" for name in SPECS}
-    for _, output, _ in runs.values():
+    for output, _ in runs.values():
         assert "MLflow: cannot" not in output, output[-4000:]
