@@ -86,6 +86,16 @@ class S3Server:
             client.create_bucket(Bucket=name)
         return f"s3://{name}"
 
+    def upload_folder(self, folder: Path, uri: str) -> str:
+        """Every file under `folder` to the s3:// prefix `uri` (its bucket created if missing); returns `uri`."""
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        self.bucket(bucket)
+        client = self.client()
+        for path in folder.rglob("*"):
+            if path.is_file():
+                client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder)}")
+        return uri
+
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:

@@ -104,17 +104,6 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
-def upload(s3_server: Any, folder: Path, uri: str) -> str:
-    """Every file under `folder` to the s3:// prefix `uri`; returns `uri`."""
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    s3_server.bucket(bucket)
-    client = s3_server.client()
-    for path in folder.rglob("*"):
-        if path.is_file():
-            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder)}")
-    return uri
-
-
 def hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
     """`folder` as the Hugging Face cache holds a downloaded `repo_id` at `main`: what a pre-warmed node cache or
     PVC gives a job whose model.source is a hub id, offline."""
@@ -129,44 +118,53 @@ def hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
 HUB_ID = "peftjob-tests/tiny-llama"
 COPY_DATA = {"train": {"source": "copy-train.jsonl"}, "eval": {"source": "copy-eval.jsonl"},
              "promptField": "question", "completionField": "answer", "maxLength": 16}
-SPECS = {
-    "causal": {
-        "model": {"source": "llama", "task": "causal-lm"},
-        "method": CAUSAL_LORA,
-        "data": COPY_DATA,
-        "training": training(maxSteps=60, learningRate=0.05, precision="bf16"),
-        "deepspeed": {"zeroStage": 1},
-        "workers": {"replicas": 1, "processesPerWorker": 1},
-        "output": {"uri": "out"},
-    },
-    "image": {
-        "model": {"source": "s3://tasks/models/vit", "task": "image-classification", "numLabels": 2},
-        "method": {"vpt": {"numTokens": 4, "depth": "deep"}},
-        "data": {"train": {"source": "s3://tasks/images-train"}, "eval": {"source": "s3://tasks/images-eval"}},
-        "training": training(microBatchSize=2, learningRate=0.02),
-        "deepspeed": {"zeroStage": 2},
-        "workers": {"replicas": 1, "processesPerWorker": 2},
-        "output": {"uri": "out"},
-    },
-    "offload": {
-        "model": {"source": HUB_ID, "task": "causal-lm"},
-        "method": CAUSAL_LORA,
-        "data": COPY_DATA,
-        "training": training(maxSteps=60, learningRate=0.05),
-        "deepspeed": {"zeroStage": 3, "offloadOptimizer": "cpu", "offloadParam": "cpu"},
-        "workers": {"replicas": 1, "processesPerWorker": 1},
-        "output": {"uri": "out"},
-    },
+CAUSAL = {
+    "model": {"source": "llama", "task": "causal-lm"},
+    "method": CAUSAL_LORA,
+    "data": COPY_DATA,
+    "training": training(maxSteps=60, learningRate=0.05, precision="bf16"),
+    "deepspeed": {"zeroStage": 1},
+    "workers": {"replicas": 1, "processesPerWorker": 1},
+    "output": {"uri": "out"},
 }
+
+
+def job_specs(s3_endpoint: str) -> dict[str, dict[str, Any]]:
+    """The three jobs, by name; the image job reads its backbone and data from the S3 server at `s3_endpoint`."""
+    return {
+        "causal": CAUSAL,
+        "image": {
+            "model": {"source": "s3://tasks/models/vit", "task": "image-classification", "numLabels": 2},
+            "method": {"vpt": {"numTokens": 4, "depth": "deep"}},
+            "data": {"train": {"source": "s3://tasks/images-train"}, "eval": {"source": "s3://tasks/images-eval"}},
+            "training": training(microBatchSize=2, learningRate=0.02),
+            "deepspeed": {"zeroStage": 2},
+            "workers": {"replicas": 1, "processesPerWorker": 2},
+            "output": {"uri": "out", "s3EndpointUrl": s3_endpoint},
+        },
+        "offload": {
+            "model": {"source": HUB_ID, "task": "causal-lm"},
+            "method": CAUSAL_LORA,
+            "data": COPY_DATA,
+            "training": training(maxSteps=60, learningRate=0.05),
+            "deepspeed": {"zeroStage": 3, "offloadOptimizer": "cpu", "offloadParam": "cpu"},
+            "workers": {"replicas": 1, "processesPerWorker": 1},
+            "output": {"uri": "out"},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def specs(s3_server: Any) -> dict[str, dict[str, Any]]:
+    return job_specs(s3_server.endpoint)
 
 
 @pytest.fixture(scope="module")
 def environment(workdir: Path, s3_server: Any) -> dict[str, str]:
     """The backbone and image folders in S3, the tiny Llama in a hub cache: what every launch adds to its environment."""
-    upload(s3_server, workdir / "vit", "s3://tasks/models/vit")
+    s3_server.upload_folder(workdir / "vit", "s3://tasks/models/vit")
     for split in ("train", "eval"):
-        upload(s3_server, workdir / f"images-{split}", f"s3://tasks/images-{split}")
-    SPECS["image"]["output"]["s3EndpointUrl"] = s3_server.endpoint
+        s3_server.upload_folder(workdir / f"images-{split}", f"s3://tasks/images-{split}")
     return {**s3_server.env, "PEFTJOB_CACHE_DIR": str(workdir / "cache"), "HF_HUB_OFFLINE": "1",
             "HF_HUB_CACHE": str(hub_cache(workdir / "hub", HUB_ID, workdir / "llama"))}
 
@@ -179,8 +177,8 @@ def completed(workdir: Path, name: str, process: subprocess.Popen[str]) -> tuple
 
 
 @pytest.fixture(scope="module")
-def runs(workdir: Path, environment: dict[str, str]) -> dict[str, tuple[str, dict[str, Any]]]:
-    launches = {name: launch(workdir, name, spec, environment) for name, spec in SPECS.items()}
+def runs(workdir: Path, specs: dict[str, dict[str, Any]], environment: dict[str, str]) -> dict[str, tuple[str, dict[str, Any]]]:
+    launches = {name: launch(workdir, name, spec, environment) for name, spec in specs.items()}
     return {name: completed(workdir, name, process) for name, process in launches.items()}
 
 
@@ -208,7 +206,7 @@ def assert_peft_logits_match(backbone: Path, adapter: Path) -> None:
         untrained = base(input_ids=ids).logits
     theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(backbone), adapter).eval()
     job = load_object({"apiVersion": "peft.dev/v1alpha1", "kind": "PEFTJob", "metadata": {"name": "x"},
-                       "spec": SPECS["causal"]})
+                       "spec": CAUSAL})
     method = build_method(job.spec.method, job.spec.model.task)
     ours = method.attach(AutoModelForCausalLM.from_pretrained(backbone))
     method.load(ours, adapter)
@@ -231,10 +229,10 @@ def test_image_folders_and_backbone_from_s3_train_vpt_under_zero2(workdir: Path,
     assert (cached / ".peftjob-complete").exists() and (cached / "config.json").exists()
 
 
-def test_a_finished_zero2_job_given_more_steps_resumes_on_both_ranks(workdir: Path, runs, environment) -> None:
+def test_a_finished_zero2_job_given_more_steps_resumes_on_both_ranks(workdir: Path, runs, specs, environment) -> None:
     """Resume under ZeRO-2 (the SIGKILL test covers ZeRO-3): each rank reloads its own partition of the optimizer
     state from the final checkpoint and goes on."""
-    longer = copy.deepcopy(SPECS["image"])
+    longer = copy.deepcopy(specs["image"])
     longer["training"]["maxSteps"] = 40
     output, outcome = completed(workdir, "image", launch(workdir, "image", longer, environment))
     assert output.count("resumed from checkpoint step-00000030 (step 30)") == 2, output[-4000:]
@@ -249,13 +247,13 @@ def test_a_hub_id_backbone_trains_under_zero3_with_optimizer_and_parameter_offlo
     assert outcome["metrics"]["eval_loss"] < outcome["initialMetrics"]["eval_loss"] - 0.5
 
 
-def test_jobs_started_together_share_the_embedded_mlflow_store(workdir: Path, runs) -> None:
-    """Both launches created and migrated `mlflow.db` at the same moment; each job has its one run, FINISHED."""
+def test_jobs_started_together_share_the_embedded_mlflow_store(workdir: Path, runs, specs) -> None:
+    """The launches created and migrated `mlflow.db` at the same moment; each job has its one run, FINISHED."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     finished = {run.data.tags["peftjob.name"]: run.info.status for run in client.search_runs(
         [experiment.experiment_id for experiment in client.search_experiments()])}
-    assert finished == {name: "FINISHED" for name in SPECS}
+    assert finished == {name: "FINISHED" for name in specs}
     for output, _ in runs.values():
         assert "MLflow: cannot" not in output, output[-4000:]
