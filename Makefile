@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # operator/ in the repository root would shadow the standard library's `operator` for `python -m` run from here.
 export PYTHONSAFEPATH := 1
 
-.PHONY: setup quickstart test crd tools
+.PHONY: setup quickstart test crd tools import-graph
 
 setup: $(STAMP) tools
 
@@ -31,3 +31,6 @@ test: setup
 crd: $(STAMP)
 	$(VENV)/bin/peftjob crd > crds/peftjob.yaml
 	cp crds/peftjob.yaml charts/peftjob-operator/crds/peftjob.yaml
+
+import-graph:
+	python3 scripts/import_graph.py --write

@@ -2,7 +2,8 @@
 
 Every reconcile reads the PEFTJob, its ConfigMap and its pods from the API server, asks `status.reconcile`
 what should happen, does it, and writes the status. Nothing is remembered between calls except a per-job lock
-(so that a pod event and a timer of the same job do not act on the same observation twice).
+(so that a pod event and a timer of the same job do not act on the same observation twice), which lives only
+while someone holds or waits for it.
 """
 
 from __future__ import annotations
@@ -11,27 +12,27 @@ import asyncio
 import json
 import logging
 import time
-from collections import defaultdict
+import weakref
 from datetime import datetime, timezone
 from typing import Any
 
 import aiohttp
 import kopf
 
-from peftjob_trainer import contract
+from peftjob_trainer.api import contract
 from peftjob_trainer.api import API_GROUP, API_VERSION, PLURAL, InvalidSpec, PEFTJob, PEFTJobStatus, load_object
 from peftjob_trainer.api import worker_pod_name
 from peftjob_trainer.api.spec import RunPolicy
+from peftjob_trainer.api.status import Reason
 
-from . import metrics, render
+from . import metrics, mlflow_runs, render
 from .client import KubeClient, path
 from .settings import OperatorSettings
-from .status import TERMINAL, Decision, parse_progress, reconcile, reject, time_check_due
+from .status import MUTABLE_FIELDS, TERMINAL, Decision, parse_progress, reconcile, refused_spec_changes, reject
+from .status import time_check_due
 
 PEFTJOBS = (API_GROUP, API_VERSION, PLURAL)
 API = f"{API_GROUP}/{API_VERSION}"
-# Spec fields a user may change while the job exists; anything else would make the running gang lie.
-MUTABLE_FIELDS = ("runPolicy.suspend", "runPolicy.activeDeadlineSeconds", "runPolicy.ttlSecondsAfterFinished")
 PROGRESS_TIMEOUT = 2.0
 # A failed handler (an API call refused or timed out) is retried after this many seconds; kopf's default of
 # 60 s would leave a new job without pods for a minute after one transient API error.
@@ -48,8 +49,15 @@ class Memo(kopf.Memo):
         self.settings = settings
         self.connection = connection  # fixed credentials (tests); None: in-cluster or kubeconfig
         self.client = KubeClient()
-        self.locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         self.phases = metrics.PhaseBook()
+
+    def lock(self, namespace: str, name: str) -> asyncio.Lock:
+        """The job's lock: shared by everyone using it now, dropped (garbage-collected) once nobody does."""
+        lock = self._locks.get((namespace, name))
+        if lock is None:
+            lock = self._locks[(namespace, name)] = asyncio.Lock()
+        return lock
 
 
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
@@ -88,11 +96,11 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         await reconcile_job(memo, namespace, name)
 
     @kopf.on.update(*PEFTJOBS, field="spec", backoff=RETRY_BACKOFF, registry=registry)
-    async def spec_changed(old: Any, new: Any, body: kopf.Body, name: str, namespace: str, memo: Memo,
+    async def spec_changed(diff: kopf.Diff, body: kopf.Body, name: str, namespace: str, memo: Memo,
                            **_: Any) -> None:
-        refused = [field for field in changed_fields(old or {}, new or {}) if field not in MUTABLE_FIELDS]
+        refused = refused_spec_changes(diff)
         if refused and (body.get("status") or {}).get("phase") not in TERMINAL:
-            kopf.event(body, type="Warning", reason="SpecChangeRefused",
+            kopf.event(body, type="Warning", reason=Reason.SPEC_CHANGE_REFUSED,
                        message=f"only {', '.join(MUTABLE_FIELDS)} can change while the job exists; "
                                f"kept the running configuration for: {', '.join(refused)}")
         await reconcile_job(memo, namespace, name)
@@ -141,7 +149,7 @@ def needs_timer(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
 async def reconcile_job(memo: Memo, namespace: str, name: str) -> None:
     """Read, decide, act, write status: safe to call any number of times, from any handler."""
     client, settings = memo.client, memo.settings
-    async with memo.locks[(namespace, name)]:
+    async with memo.lock(namespace, name):
         started = time.perf_counter()
         body = await client.get(path(API, PLURAL, namespace, name))
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
@@ -217,44 +225,22 @@ async def poll_progress(memo: Memo, namespace: str, name: str) -> None:
     patch: dict[str, Any] = {"progress": progress.model_dump(mode="json", by_alias=True)}
     if run is not None:
         patch["mlflow"] = run.model_dump(mode="json", by_alias=True)
-    async with memo.locks[(namespace, name)]:
+    async with memo.lock(namespace, name):
         await memo.client.patch(path(API, PLURAL, namespace, name, "status"), {"status": patch})
 
 
 async def kill_mlflow_run(body: kopf.Body, settings: OperatorSettings) -> None:
-    """Best effort: a job deleted mid-training leaves its MLflow run KILLED rather than RUNNING forever."""
+    """A job deleted mid-training leaves its MLflow run KILLED rather than RUNNING forever."""
     status = _status(body)
     try:
         job = render.effective_job(load_object(_document(body)), settings)
     except InvalidSpec:
         return  # never accepted: no run was started
     run_id, tracking = status.mlflow.run_id, job.spec.tracking.mlflow_tracking_uri
-    if status.phase in TERMINAL or not run_id or not tracking or not tracking.startswith("http"):
+    if status.phase in TERMINAL or not mlflow_runs.closable(tracking, run_id):
         return
-    api = tracking.rstrip("/") + "/api/2.0/mlflow/runs"
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            async with session.get(f"{api}/get", params={"run_id": run_id}) as response:
-                run = await response.json(content_type=None)
-            if (run.get("run") or {}).get("info", {}).get("status") != "RUNNING":
-                return
-            update = {"run_id": run_id, "status": "KILLED", "end_time": int(time.time() * 1000)}
-            async with session.post(f"{api}/update", json=update) as response:
-                response.raise_for_status()
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
-        logger.warning("could not mark MLflow run %s KILLED: %s", run_id, error)
-        return
-    kopf.info(body, reason="MlflowRunKilled", message=f"MLflow run {run_id} marked KILLED")
-
-
-def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted paths of the leaves that differ between two spec dicts."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        fields: list[str] = []
-        for key in sorted(set(old) | set(new)):
-            fields += changed_fields(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
-        return fields
-    return [] if old == new else [prefix]
+    if await mlflow_runs.close_run(tracking, run_id, "KILLED"):
+        kopf.info(body, reason=Reason.MLFLOW_RUN_KILLED, message=f"MLflow run {run_id} marked KILLED")
 
 
 def _document(body: Any) -> dict[str, Any]:

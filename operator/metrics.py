@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections import Counter as Tally
 from wsgiref.simple_server import WSGIServer
 
+from peftjob_trainer.api.status import PHASES
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
-
-PHASES = ("Pending", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 
 JOBS = Gauge("peftjob_jobs", "PEFTJobs seen by this operator, by phase.", ["phase"])
 RESTARTS = Counter("peftjob_gang_restarts_total", "Gang restarts after retryable worker failures.")

@@ -3,7 +3,7 @@
 One ConfigMap (the job as the trainer reads it, plus the DeepSpeed config), one headless Service (stable DNS
 names for the gang) and one Pod per worker. Every object is owned by the PEFTJob, so deleting the job removes
 them. The trainer's side of the contract (file paths, ports, environment names) comes from
-`peftjob_trainer.contract`; nothing here restates it.
+`peftjob_trainer.api.contract`; nothing here restates it.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from peftjob_trainer import contract
+from peftjob_trainer.api import contract
 from peftjob_trainer.api import API_GROUP, API_VERSION, KIND, PEFTJob, worker_pod_name
 from peftjob_trainer.api.spec import SecretRef
-from peftjob_trainer.deepspeed_config import deepspeed_config
+from peftjob_trainer.api.deepspeed_config import deepspeed_config
 
 from .settings import OperatorSettings
 

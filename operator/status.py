@@ -10,23 +10,26 @@ after a retryable failure; DeepSpeed cannot lose a rank) and Suspended (pods rem
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pydantic import ValidationError
 
-from peftjob_trainer import contract
+from peftjob_trainer.api import contract
 from peftjob_trainer.api import PEFTJob, PEFTJobStatus, worker_pod_name
 from peftjob_trainer.api.result import ProgressReport, TrainerResult
 from peftjob_trainer.api.spec import RunPolicy
-from peftjob_trainer.api.status import Artifact, Condition, MlflowRun, Progress, WorkerCounts
+from peftjob_trainer.api.status import TERMINAL_PHASES as TERMINAL
+from peftjob_trainer.api.status import Artifact, Condition, MlflowRun, Progress, Reason, WorkerCounts
 
-TERMINAL = ("Succeeded", "Failed")
 # Pod-level reasons (pod.status.reason) that mean the infrastructure took the pod away, not the trainer.
 INFRASTRUCTURE_REASONS = {"Evicted", "NodeLost", "NodeShutdown", "Shutdown", "Terminated", "Preempted",
                           "UnexpectedAdmissionError", "OutOfcpu", "OutOfmemory"}
 MESSAGE_TAIL = 400
+# Spec fields a user may change while the job exists; anything else would make the running gang lie.
+MUTABLE_FIELDS = ("runPolicy.suspend", "runPolicy.activeDeadlineSeconds", "runPolicy.ttlSecondsAfterFinished")
 
 
 @dataclass(frozen=True)
@@ -131,24 +134,24 @@ def reconcile(job: PEFTJob, current: PEFTJobStatus, pods: list[dict[str, Any]], 
 
     if policy.suspend:
         if status.phase != "Suspended":
-            draft.transition("Suspended", "Suspended", "job suspended: worker pods removed, checkpoint kept")
+            draft.transition("Suspended", Reason.SUSPENDED, "job suspended: worker pods removed, checkpoint kept")
             status.start_time = None  # the deadline counts running time from the next resume
         return done(delete_pods=existing)
 
     deadline = policy.active_deadline_seconds
     if deadline and status.start_time and now >= _parse(status.start_time) + timedelta(seconds=deadline):
-        _finish(draft, "Failed", "DeadlineExceeded", f"job ran longer than activeDeadlineSeconds={deadline}")
+        _finish(draft, "Failed", Reason.DEADLINE_EXCEEDED, f"job ran longer than activeDeadlineSeconds={deadline}")
         return cleaned()
 
     if status.phase in ("Pending", "Restarting", "Suspended"):
         if status.phase == "Suspended":
-            draft.set_condition("Suspended", "False", "Resumed", "job resumed: pods are recreated")
+            draft.set_condition("Suspended", "False", Reason.RESUMED, "job resumed: pods are recreated")
         if status.phase != "Pending" and existing:
             return done(delete_pods=existing)  # the old gang goes before the new one comes
         if any(w.phase == "Terminating" for w in workers):
             return done()
         replicas = job.spec.workers.replicas
-        draft.transition("Created", "PodsCreated", f"created {replicas} worker pod(s)")
+        draft.transition("Created", Reason.PODS_CREATED, f"created {replicas} worker pod(s)")
         status.start_time = status.start_time or draft.now
         return done(create_pods=True)
 
@@ -159,12 +162,12 @@ def reconcile(job: PEFTJob, current: PEFTJobStatus, pods: list[dict[str, Any]], 
     failures = [w for w in workers if w.phase in ("Failed", "Missing", "Terminating")]
     user_errors = [w for w in failures if not _retryable(w)]
     if user_errors:
-        _finish(draft, "Failed", "WorkerFailed", describe(user_errors[0]) + " (not retried: a user error)")
+        _finish(draft, "Failed", Reason.WORKER_FAILED, describe(user_errors[0]) + " (not retried: a user error)")
         return cleaned()
     if failures:
         why = describe(failures[0])
         if status.restarts >= policy.backoff_limit:
-            _finish(draft, "Failed", "BackoffLimitExceeded",
+            _finish(draft, "Failed", Reason.BACKOFF_LIMIT_EXCEEDED,
                     f"{why}; backoffLimit {policy.backoff_limit} reached after {status.restarts} restart(s)")
             return cleaned()
         status.restarts += 1
@@ -173,14 +176,14 @@ def reconcile(job: PEFTJob, current: PEFTJobStatus, pods: list[dict[str, Any]], 
         return done(delete_pods=existing)
 
     if all(w.phase == "Running" for w in workers):
-        draft.transition("Running", "AllWorkersRunning", f"{len(workers)} worker pod(s) running")
+        draft.transition("Running", Reason.ALL_WORKERS_RUNNING, f"{len(workers)} worker pod(s) running")
     return done()
 
 
 def reject(current: PEFTJobStatus, problems: list[str], now: datetime) -> Decision:
     """An invalid spec: Failed with reason InvalidSpec and every `field: reason` in the message and an Event."""
     draft = _Draft(current.model_copy(deep=True), _timestamp(now))
-    _finish(draft, "Failed", "InvalidSpec", "invalid spec: " + "; ".join(problems))
+    _finish(draft, "Failed", Reason.INVALID_SPEC, "invalid spec: " + "; ".join(problems))
     return Decision(status=draft.status, events=tuple(draft.events))
 
 
@@ -227,10 +230,10 @@ def _retryable(worker: Worker) -> bool:
 
 def _restart_reason(worker: Worker) -> str:
     if worker.phase in ("Missing", "Terminating"):
-        return "WorkerDeleted"
+        return Reason.WORKER_DELETED
     if worker.reason in INFRASTRUCTURE_REASONS or worker.reason == "DisruptionTarget":
-        return worker.reason if worker.reason != "DisruptionTarget" else "Disrupted"
-    return "WorkerFailed"
+        return worker.reason if worker.reason != "DisruptionTarget" else Reason.DISRUPTED
+    return Reason.WORKER_FAILED
 
 
 def describe(worker: Worker) -> str:
@@ -250,7 +253,7 @@ def _succeed(draft: _Draft, rank0: Worker) -> None:
     if result is not None:
         status.artifact, status.mlflow, status.progress = from_result(result, status.mlflow)
     where = f": adapter at {status.artifact.uri}" if status.artifact.uri else ""
-    _finish(draft, "Succeeded", "JobSucceeded", f"training finished{where}")
+    _finish(draft, "Succeeded", Reason.JOB_SUCCEEDED, f"training finished{where}")
 
 
 def _finish(draft: _Draft, phase: str, reason: str, message: str) -> None:
@@ -328,3 +331,24 @@ def _timestamp(moment: datetime) -> str:
 
 def _parse(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def refused_spec_changes(diff: Iterable[tuple[str, tuple[str, ...], Any, Any]]) -> list[str]:
+    """The changed spec fields (kopf's diff of `spec`) that may not change while the job exists."""
+    return [field for field in changed_fields(diff) if field not in MUTABLE_FIELDS]
+
+
+def changed_fields(diff: Iterable[tuple[str, tuple[str, ...], Any, Any]]) -> list[str]:
+    """Dotted paths of the leaves that a spec diff touches (an added or removed section counts leaf by leaf)."""
+    fields: list[str] = []
+    for _, path, old, new in diff:
+        fields += _leaves(old, new, ".".join(map(str, path)))
+    return sorted(set(fields))
+
+
+def _leaves(old: Any, new: Any, prefix: str) -> list[str]:
+    if isinstance(old, dict) or isinstance(new, dict):
+        old, new = old if isinstance(old, dict) else {}, new if isinstance(new, dict) else {}
+        return [leaf for key in sorted(set(old) | set(new))
+                for leaf in _leaves(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)]
+    return [] if old == new else [prefix]

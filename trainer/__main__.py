@@ -16,9 +16,9 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
-from .contract import CONFIG_PATH, ENV_CONFIG, EXIT_INVALID_SPEC, EXIT_OK, EXIT_RETRYABLE, MASTER_PORT
+from .api.contract import CONFIG_PATH, ENV_CONFIG, EXIT_INVALID_SPEC, EXIT_OK, EXIT_RETRYABLE, MASTER_PORT
 from .errors import UserError
-from .result import error_result, write_result
+from .result_file import error_result, write_result
 
 log = logging.getLogger("peftjob")
 

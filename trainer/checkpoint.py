@@ -1,10 +1,9 @@
-"""Checkpoints of the trainable state only, and the final adapter, each made complete by a manifest.
+"""Checkpoints of the trainable state only, each made complete by a manifest (the final adapter: publish.py).
 
 Layout under the output URI:
   <job>/checkpoints/step-NNNNNNNN/   DeepSpeed's files (frozen parameters excluded: trainable state, optimizer,
                                      scheduler), one trainer-state file per rank (RNG, data position), and
                                      manifest.json (sha256 and size of each file), written LAST
-  <job>/adapter/                     the method's saved adapter + manifest.json, verified after upload
 
 A directory without a manifest, or whose files do not match it, is incomplete: resume skips it, with a
 warning, for the previous one. Each rank writes DeepSpeed's per-rank files itself, so resume needs the same
@@ -13,13 +12,11 @@ world size (the optimizer state is partitioned across the ranks that saved it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
 import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +24,9 @@ import torch
 
 from . import distributed
 from .distributed import Rank
-from .storage import Storage, join, sha256_file
+from .manifest import MANIFEST, describe, download_verified
+from .storage import Storage, join
 
-MANIFEST = "manifest.json"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 log = logging.getLogger(__name__)
 
@@ -40,19 +37,6 @@ def step_tag(step: int) -> str:
 
 def checkpoints_prefix(job_name: str) -> str:
     return join(job_name, "checkpoints")
-
-
-def adapter_prefix(job_name: str) -> str:
-    return join(job_name, "adapter")
-
-
-def describe(directory: Path) -> dict[str, dict[str, Any]]:
-    """{relative file name: {sha256, size}} for every file under `directory`."""
-    return {
-        path.relative_to(directory).as_posix(): {"sha256": sha256_file(path), "size": path.stat().st_size}
-        for path in sorted(directory.rglob("*"))
-        if path.is_file()
-    }
 
 
 def rng_state() -> dict[str, Any]:
@@ -120,23 +104,11 @@ def fetch_latest(storage: Storage, job_name: str, local: Path) -> tuple[str, dic
             log.warning("checkpoint %s has no manifest (incomplete): skipped", tag)
             continue
         manifest = json.loads(raw)
-        bad = _download_verified(storage, prefix, manifest["files"], local / tag)
+        bad = download_verified(storage, prefix, manifest["files"], local / tag)
         if bad:
             log.warning("checkpoint %s does not match its manifest (%s): skipped", tag, bad)
             continue
         return tag, manifest
-    return None
-
-
-def _download_verified(storage: Storage, prefix: str, files: dict[str, dict[str, Any]], target: Path) -> str | None:
-    """Download `files` and check each against its sha256 and size; returns what is wrong, or None."""
-    present = storage.list(prefix)
-    for name, expected in files.items():
-        if present.get(join(prefix, name)) != expected["size"]:
-            return f"{name}: size {present.get(join(prefix, name))} != {expected['size']}"
-        storage.get_file(join(prefix, name), target / name)
-        if sha256_file(target / name) != expected["sha256"]:
-            return f"{name}: sha256 mismatch"
     return None
 
 
@@ -148,34 +120,3 @@ def restore(engine: Any, local: Path, tag: str, rank: Rank) -> dict[str, Any]:
     state = torch.load(local / tag / _rank_state_file(rank.rank), weights_only=False)
     set_rng_state(state["rng"])
     return {"step": state["step"], "position": state["position"]}
-
-
-@dataclass(frozen=True)
-class PublishedAdapter:
-    """Where the adapter went and what it is: the artifact part of the trainer's result."""
-
-    uri: str
-    sha256: str  # of manifest.json, which holds every file's own sha256
-    bytes: int
-    files: list[str]
-
-
-def publish_adapter(storage: Storage, job_name: str, directory: Path) -> PublishedAdapter:
-    """Upload the adapter, then its manifest, then download and verify it; returns where and what it is."""
-    prefix = adapter_prefix(job_name)
-    storage.delete(prefix)
-    files = describe(directory)
-    for name in files:
-        storage.put_file(directory / name, join(prefix, name))
-    manifest = json.dumps({"files": files}, indent=1, sort_keys=True).encode()
-    storage.write_bytes(join(prefix, MANIFEST), manifest)
-    with tempfile.TemporaryDirectory(prefix="peftjob-verify-") as scratch:
-        problem = _download_verified(storage, prefix, files, Path(scratch))
-    if problem:
-        raise OSError(f"adapter upload to {storage.uri} failed verification: {problem}")
-    return PublishedAdapter(
-        uri=storage.uri.rstrip("/") + "/" + prefix + "/",
-        sha256=hashlib.sha256(manifest).hexdigest(),
-        bytes=sum(entry["size"] for entry in files.values()),
-        files=sorted(files),
-    )

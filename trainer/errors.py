@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .contract import EXIT_BAD_DATA, EXIT_UNSUPPORTED_MODEL, EXIT_USER_ERROR
+from .api.contract import EXIT_BAD_DATA, EXIT_UNSUPPORTED_MODEL, EXIT_USER_ERROR
 
 
 class UserError(Exception):

@@ -17,7 +17,7 @@ from pathlib import Path
 from . import processes
 from .api import InvalidSpec, load_file
 from .api.result import TrainerResult
-from .contract import EXIT_INVALID_SPEC, EXIT_OK, worker_environment
+from .api.contract import EXIT_INVALID_SPEC, EXIT_OK, worker_environment
 from .storage import S3_PREFIX
 
 STATE_DIR = ".peftjob"

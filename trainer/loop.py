@@ -23,15 +23,18 @@ from . import checkpoint, distributed
 from .api.result import TrainerResult
 from .api.spec import PEFTJob, PEFTJobSpec
 from .api.status import MlflowRun
-from .contract import ENV_PROGRESS_PORT, PROGRESS_PORT
-from .data import Sharding, check_size, collate, encode, eval_batches, fetcher, read_records, total_steps
-from .deepspeed_config import deepspeed_config
+from .api.contract import ENV_PROGRESS_PORT, PROGRESS_PORT
+from .batching import Sharding, check_size, collate, eval_batches, total_steps
+from .data import encode, fetcher, read_records
+from .api.deepspeed_config import deepspeed_config
 from .distributed import Rank
 from .errors import UserError
 from .model_loading import load_backbone, load_preprocessor, local_source
-from .progress import Progress
+from .progress_server import ProgressServer
+from .publish import publish_adapter
 from .schedule import lr_scheduler
 from .storage import open_storage
+from .tokens import IGNORE_INDEX
 from .tracking import Tracker
 
 log = logging.getLogger("peftjob")
@@ -81,7 +84,7 @@ def train(job: PEFTJob) -> TrainerResult | None:
         log.info("%s; %s of %s parameters train", describe_engine(engine, rank), f"{trainable_params:,}",
                  f"{total_params:,}")
     tracker = Tracker(job, enabled=rank.is_main)
-    progress = Progress(steps)
+    progress = ProgressServer(steps)
     if rank.is_main:
         progress.update(mlflow=MlflowRun(run_id=tracker.run_id))  # lets the operator close the run if the job is deleted
         progress.serve(int(os.environ.get(ENV_PROGRESS_PORT, PROGRESS_PORT) or 0))
@@ -143,7 +146,7 @@ def train(job: PEFTJob) -> TrainerResult | None:
     method.save(engine.module, adapter_dir)  # every rank: gathering ZeRO-3 partitions is a collective
     result: TrainerResult | None = None
     if rank.is_main:
-        published = checkpoint.publish_adapter(storage, name, adapter_dir)
+        published = publish_adapter(storage, name, adapter_dir)
         tracker.log_artifacts(adapter_dir, "adapter")
         tracker.log_spec()
         tracker.finish()
@@ -230,7 +233,7 @@ def evaluate(engine: Any, eval_set: list[dict[str, Any]], spec: PEFTJobSpec, ran
             count += len(indices)
             correct += float((output.logits.argmax(-1) == batch["labels"]).sum())
         else:
-            tokens = float((batch["labels"][:, 1:] != -100).sum())
+            tokens = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
             loss_sum += output.loss.item() * tokens
             count += tokens
     loss_sum, count, correct = distributed.all_sum([loss_sum, count, correct])

@@ -17,7 +17,7 @@ import torch
 from filelock import FileLock
 
 from .api.spec import PEFTJobSpec
-from .deepspeed_config import precision
+from .api.deepspeed_config import precision
 from .errors import ModelError
 from .storage import S3_PREFIX, open_storage
 

@@ -12,7 +12,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 
-from .contract import EXIT_OK, is_retryable
+from .api.contract import EXIT_OK, is_retryable
 
 STOP_GRACE_SECONDS = 10.0
 POLL_SECONDS = 0.2

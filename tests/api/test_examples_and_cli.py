@@ -61,7 +61,7 @@ def test_validate_names_a_missing_file() -> None:
 
 def test_operator_package_does_not_import_torch() -> None:
     code = (
-        "import sys, peftjob_operator, peftjob_operator.cli, peftjob_trainer.api, peftjob_trainer.contract\n"
+        "import sys, peftjob_operator, peftjob_operator.cli, peftjob_trainer.api, peftjob_trainer.api.contract\n"
         "import importlib, pkgutil\n"
         "for m in pkgutil.iter_modules(peftjob_operator.__path__):\n"
         "    if m.name != '__main__': importlib.import_module('peftjob_operator.' + m.name)\n"

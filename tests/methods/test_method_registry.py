@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import transformers
-from peftjob_trainer.api.spec import METHOD_NAMES, MethodSpec
+from peftjob_trainer.api.spec import METHOD_NAMES, METHOD_TASKS, MethodSpec
 from peftjob_trainer.methods import REGISTRY, build_method, method_class
-from peftjob_trainer.methods.families import UnsupportedModel, dims, family_of
+from peftjob_trainer.methods.families import FAMILIES, UnsupportedModel, dims, family_of
 
 from tests.methods.tiny_models import (
     FAMILY_TASK_PAIRS, HEADS, HIDDEN, KV_HEADS, LAYERS, MISTRAL_HEAD_DIM, MISTRAL_KV_HEADS, tiny_config, tiny_model,
@@ -47,7 +47,7 @@ def test_each_tiny_model_is_named_by_its_model_type(family, task):
 
 def test_an_unknown_model_type_is_refused_by_name():
     with pytest.raises(UnsupportedModel, match="model_type 't5' is not supported"):
-        family_of(transformers.AutoConfig.for_model("t5"), "lora")
+        method_class("lora").family_for(transformers.AutoConfig.for_model("t5"))
 
 
 @pytest.mark.parametrize(
@@ -58,7 +58,14 @@ def test_an_unknown_model_type_is_refused_by_name():
 )
 def test_an_unsupported_pair_names_model_type_and_method(family, task, method):
     with pytest.raises(UnsupportedModel, match=f"method {method} is not supported on model_type '{family}'"):
-        family_of(tiny_model(family, task), method)
+        method_class(method).family_for(tiny_model(family, task))
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_each_method_declares_known_families_and_the_api_tasks(name):
+    cls = method_class(name)
+    assert cls.families and set(cls.families) <= {family.name for family in FAMILIES}
+    assert cls.tasks() == METHOD_TASKS[name]
 
 
 def test_dims_are_read_from_the_config_with_grouped_query_attention():

@@ -15,8 +15,8 @@ from tests.methods.tiny_models import (
 
 from peftjob_trainer.api.spec import MethodSpec
 from peftjob_trainer.methods import build_method
-from peftjob_trainer.methods.p_tuning import template_input_ids
-from peftjob_trainer.methods.prompt_wrapper import PSEUDO_TOKEN_ID
+from peftjob_trainer.templates import template_input_ids
+from peftjob_trainer.tokens import PSEUDO_TOKEN_ID
 
 TOKENS = 3
 WIDTH = 16

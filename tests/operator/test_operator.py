@@ -15,11 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from peftjob_operator import metrics
 from peftjob_operator.settings import OperatorSettings
-from peftjob_trainer import contract
+from peftjob_trainer.api import contract
 from peftjob_trainer.api.result import TrainerResult
 from peftjob_trainer.api.status import MlflowRun
 from peftjob_trainer.local_run import free_port
-from peftjob_trainer.progress import Progress
+from peftjob_trainer.progress_server import ProgressServer
 from tests.kube import EmulatorServer, OperatorThread, wait_for
 
 NS = "ml"
@@ -256,7 +256,7 @@ def test_progress_is_polled_from_rank_zero_and_deleting_the_job_kills_its_mlflow
     created = requests.post(f"{mlflow_server}/api/2.0/mlflow/runs/create", json={"experiment_id": "0"}, timeout=30)
     run_id = created.json()["run"]["info"]["run_id"]
     pod_ip = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(1, 254)}"
-    progress = Progress(total_steps=200)
+    progress = ProgressServer(total_steps=200)
     assert progress.serve(contract.PROGRESS_PORT, host=pod_ip) == contract.PROGRESS_PORT
     try:
         progress.update(step=50, loss=0.75, throughput=8.0, eta_seconds=90.0, mlflow=MlflowRun(run_id=run_id))

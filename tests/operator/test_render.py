@@ -11,7 +11,7 @@ import pytest
 from peftjob_operator.render import render_job
 from peftjob_operator.settings import OperatorSettings
 from peftjob_trainer.api import load_file, load_object
-from peftjob_trainer.deepspeed_config import deepspeed_config
+from peftjob_trainer.api.deepspeed_config import deepspeed_config
 
 EXAMPLES = sorted(Path(__file__).resolve().parents[2].joinpath("examples").glob("*.yaml"))
 

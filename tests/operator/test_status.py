@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 
 from peftjob_operator.status import (
@@ -14,13 +15,14 @@ from peftjob_operator.status import (
     parse_progress,
     parse_result,
     reconcile,
+    refused_spec_changes,
     reject,
     time_check_due,
 )
 from peftjob_trainer.api import PEFTJob, PEFTJobStatus, load_object
 from peftjob_trainer.api.result import ProgressReport, TrainerResult
 from peftjob_trainer.api.status import MlflowRun
-from peftjob_trainer.result import TERMINATION_MESSAGE_LIMIT, error_result, write_result
+from peftjob_trainer.result_file import TERMINATION_MESSAGE_LIMIT, error_result, write_result
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
@@ -241,3 +243,12 @@ def test_an_invalid_spec_fails_once_with_every_problem_and_replays_quietly() -> 
     again = reject(first.status, problems, NOW + timedelta(minutes=1))
     assert again.status == first.status and again.events == ()
     assert not first.create_pods and not first.delete_pods
+
+
+def test_spec_edits_are_refused_leaf_by_leaf_from_kopfs_diff() -> None:
+    diff = kopf.Diff([
+        kopf.DiffItem(kopf.DiffOperation.ADD, ("runPolicy",), None, {"suspend": True}),
+        kopf.DiffItem(kopf.DiffOperation.CHANGE, ("training", "learningRate"), 0.001, 0.01),
+        kopf.DiffItem(kopf.DiffOperation.ADD, ("method",), None, {"lora": {"r": 4, "alpha": 8}}),
+    ])
+    assert refused_spec_changes(diff) == ["method.lora.alpha", "method.lora.r", "training.learningRate"]

@@ -69,7 +69,8 @@ def reference_state(workdir: Path, method_spec: dict[str, Any], world_size: int)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from peftjob_trainer.api import load_object
-    from peftjob_trainer.data import Sharding, collate, encode, read_records
+    from peftjob_trainer.batching import Sharding, collate
+    from peftjob_trainer.data import encode, read_records
     from peftjob_trainer.methods import build_method
     from peftjob_trainer.schedule import lr_scheduler
 

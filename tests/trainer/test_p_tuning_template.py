@@ -10,10 +10,11 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from peftjob_trainer.api import load_object
-from peftjob_trainer.data import collate, encode, read_records
+from peftjob_trainer.batching import collate
+from peftjob_trainer.data import encode, read_records
 from peftjob_trainer.errors import DataError
 from peftjob_trainer.methods import build_method
-from peftjob_trainer.methods.prompt_wrapper import PSEUDO_TOKEN_ID
+from peftjob_trainer.tokens import PSEUDO_TOKEN_ID
 from tests.trainer.tiny import bert_classifier
 
 TEMPLATE = "[P][P] {text} [P] good"

@@ -18,11 +18,14 @@ import pytest
 
 from peftjob_trainer import checkpoint, processes
 from peftjob_trainer.api import load_object
-from peftjob_trainer.contract import EXIT_BAD_DATA, is_retryable, worker_environment
-from peftjob_trainer.data import Sharding, eval_batches, read_records, encode
-from peftjob_trainer.deepspeed_config import deepspeed_config
+from peftjob_trainer.api.contract import EXIT_BAD_DATA, is_retryable, worker_environment
+from peftjob_trainer.api.deepspeed_config import deepspeed_config
+from peftjob_trainer.batching import Sharding, eval_batches
+from peftjob_trainer.data import encode, read_records
 from peftjob_trainer.errors import DataError
-from peftjob_trainer.progress import Progress
+from peftjob_trainer.manifest import describe
+from peftjob_trainer.progress_server import ProgressServer
+from peftjob_trainer.publish import publish_adapter
 from peftjob_trainer.storage import open_storage
 from peftjob_trainer.tracking import Tracker, flatten
 from peftjob_trainer.local_run import free_port
@@ -174,7 +177,7 @@ def write_checkpoint(storage, tmp_path: Path, step: int, manifest: bool = True) 
     folder.mkdir()
     (folder / "state.pt").write_bytes(bytes([step]) * 100)
     prefix = f"job/checkpoints/{checkpoint.step_tag(step)}"
-    files = checkpoint.describe(folder)
+    files = describe(folder)
     storage.put_file(folder / "state.pt", f"{prefix}/state.pt")
     if manifest:
         storage.write_bytes(f"{prefix}/manifest.json", json.dumps({"files": files}).encode())
@@ -212,7 +215,7 @@ def test_adapter_is_published_with_a_verified_manifest(storage, tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_model.safetensors").write_bytes(b"weights" * 10)
-    info = checkpoint.publish_adapter(storage, "job", adapter)
+    info = publish_adapter(storage, "job", adapter)
     manifest = json.loads(storage.read_bytes("job/adapter/manifest.json"))
     assert manifest["files"]["adapter_model.safetensors"]["size"] == 70 == info.bytes
     assert info.uri.endswith("job/adapter/") and len(info.sha256) == 64
@@ -276,16 +279,16 @@ def test_jobs_starting_together_on_a_new_sqlite_store_each_get_their_run(tmp_pat
 
 
 def test_progress_is_served_and_a_busy_port_only_warns(caplog):
-    progress = Progress(total_steps=10)
+    progress = ProgressServer(total_steps=10)
     port = progress.serve(free_port())
     progress.update(step=3, loss=0.5)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/progress") as response:
         assert json.load(response) == {"step": 3, "totalSteps": 10, "loss": 0.5, "throughput": None,
                                        "etaSeconds": None, "mlflow": None}
     with caplog.at_level(logging.WARNING):
-        assert Progress(10).serve(port) is None
+        assert ProgressServer(10).serve(port) is None
     assert "progress endpoint disabled" in caplog.text
-    assert Progress(10).serve(0) is None, "port 0 disables the endpoint"
+    assert ProgressServer(10).serve(0) is None, "port 0 disables the endpoint"
     progress.close()
 
 
@@ -299,5 +302,5 @@ def test_a_failing_rank_stops_the_gang_and_a_user_error_wins():
 
 
 def test_local_run_needs_no_torch():
-    code = "import sys, peftjob_trainer.local_run, peftjob_trainer.deepspeed_config; print('torch' in sys.modules)"
+    code = "import sys, peftjob_trainer.local_run, peftjob_trainer.api.deepspeed_config; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

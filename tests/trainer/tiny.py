@@ -33,7 +33,7 @@ def tokenizer(directory: Path) -> None:
     ).save_pretrained(directory)
 
 
-def bert_classifier(directory: Path, hidden: int = 64, layers: int = 2) -> Path:
+def bert_classifier(directory: Path, hidden: int = 64, layers: int = 2, dropout: float = 0.0) -> Path:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -41,7 +41,7 @@ def bert_classifier(directory: Path, hidden: int = 64, layers: int = 2) -> Path:
     config = BertConfig(
         vocab_size=len(WORDS) + 5, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
         intermediate_size=hidden * 2, max_position_embeddings=64, num_labels=2,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, classifier_dropout=dropout,
     )
     BertForSequenceClassification(config).save_pretrained(directory)
     tokenizer(directory)

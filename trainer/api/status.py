@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal, get_args
 
 from pydantic import Field
 
@@ -10,6 +10,29 @@ from .spec import ApiModel
 
 Phase = Literal["Pending", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
 ConditionType = Literal["Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+PHASES: Final[tuple[str, ...]] = get_args(Phase)
+TERMINAL_PHASES: Final[tuple[str, ...]] = ("Succeeded", "Failed")
+
+
+class Reason:
+    """Why a condition or Event is what it is: the `reason` values the operator writes (CamelCase, as Kubernetes).
+
+    Constants beside the API types, as Kubeflow and KubeRay keep theirs, so tests, dashboards and alerts match
+    on names that the operator cannot spell differently."""
+
+    PODS_CREATED: Final = "PodsCreated"
+    ALL_WORKERS_RUNNING: Final = "AllWorkersRunning"
+    JOB_SUCCEEDED: Final = "JobSucceeded"
+    INVALID_SPEC: Final = "InvalidSpec"
+    WORKER_FAILED: Final = "WorkerFailed"
+    WORKER_DELETED: Final = "WorkerDeleted"
+    DISRUPTED: Final = "Disrupted"
+    BACKOFF_LIMIT_EXCEEDED: Final = "BackoffLimitExceeded"
+    DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
+    SUSPENDED: Final = "Suspended"
+    RESUMED: Final = "Resumed"
+    SPEC_CHANGE_REFUSED: Final = "SpecChangeRefused"
+    MLFLOW_RUN_KILLED: Final = "MlflowRunKilled"
 
 
 class Condition(ApiModel):

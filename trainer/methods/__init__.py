@@ -1,32 +1,27 @@
 """The six PEFT methods behind one interface (`PeftMethod`), one file each, looked up by their spec name.
 
-Method modules are imported lazily by `build_method`, so adding a method never touches the others (this
-package needs torch; the torch-free API model lives in `peftjob_trainer.api`).
+Every module of this package is imported here once, so a method file registers itself (`@register`) and
+adding a method never touches the others. Shared helpers (base, families, params, peft_format, saving, zero,
+prompt_wrapper) register nothing. This package needs torch; the torch-free API model is `peftjob_trainer.api`.
 """
 
 from __future__ import annotations
 
+import pkgutil
 from importlib import import_module
 
 from ..api.spec import MethodSpec
 from .base import PeftMethod
 from .params import parameter_counts
+from .registry import REGISTRY
 
-REGISTRY: dict[str, tuple[str, str]] = {
-    "lora": ("lora", "Lora"),
-    "adapter": ("adapter", "Adapter"),
-    "vpt": ("vpt", "Vpt"),
-    "promptTuning": ("prompt_tuning", "PromptTuning"),
-    "pTuning": ("p_tuning", "PTuning"),
-    "prefixTuning": ("prefix_tuning", "PrefixTuning"),
-}
-"""Spec method name -> (module in this package, class)."""
+for _module in pkgutil.iter_modules(__path__):
+    import_module(f"{__name__}.{_module.name}")
 
 
 def method_class(name: str) -> type[PeftMethod]:
     """The class implementing spec method `name`."""
-    module, cls = REGISTRY[name]
-    return getattr(import_module(f".{module}", __name__), cls)
+    return REGISTRY[name]
 
 
 def build_method(method: MethodSpec, task: str) -> PeftMethod:

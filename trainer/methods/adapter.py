@@ -18,6 +18,7 @@ from torch import nn
 from ..api.spec import AdapterSpec
 from .base import PeftMethod
 from .families import adapter_sites, backbone, dims
+from .registry import register
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "swish": nn.SiLU}
 
@@ -58,10 +59,12 @@ def is_norm(module: nn.Module) -> bool:
     return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith(("RMSNorm", "LayerNorm"))
 
 
+@register
 class Adapter(PeftMethod):
     """Houlsby adapters in every block of the backbone."""
 
     spec_name: ClassVar[str] = "adapter"
+    families: ClassVar[tuple[str, ...]] = ("bert", "distilbert", "gpt2", "llama", "vit")
     config: AdapterSpec
 
     def attach(self, model: Any) -> Any:

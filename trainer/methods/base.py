@@ -5,6 +5,9 @@ parameters, freezes everything else (except what the method says trains, e.g. th
 model when it must change the inputs (soft prompts). The trainer only ever talks to this interface.
 What a method saves is the same rule for all of them (params.py: every trainable parameter plus the task
 head), so `trainable_state` and its inverse are implemented here once.
+
+Each method module declares what it is (its spec name, the model families it supports) and registers its
+class with `@register` (registry.py); the tasks a method serves come from the torch-free API table.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..api.spec import MethodBase
-from .families import Family, family_of, head_names
+from ..api.spec import METHOD_TASKS, MethodBase
+from . import saving
+from .families import Family, UnsupportedModel, family_of, head_names
 from .params import collect_state, freeze, load_state, unfreeze_heads
 
 
@@ -23,6 +27,26 @@ class PeftMethod(ABC):
 
     spec_name: ClassVar[str]
     """The method's key under `spec.method` (e.g. "prefixTuning")."""
+    families: ClassVar[tuple[str, ...]]
+    """The model families (families.py) this method is implemented for: the README's method x family table."""
+
+    @classmethod
+    def tasks(cls) -> tuple[str, ...]:
+        """The tasks this method serves (the API model's table, which the CRD's CEL rules also come from)."""
+        return METHOD_TASKS[cls.spec_name]
+
+    @classmethod
+    def family_for(cls, model: Any) -> Family:
+        """The model's family, or UnsupportedModel naming the model type and this method."""
+        family = family_of(model)
+        if family.name not in cls.families:
+            supporting = ", ".join(sorted(cls.families))
+            model_type = getattr(getattr(model, "config", model), "model_type", None)
+            raise UnsupportedModel(
+                f"method {cls.spec_name} is not supported on model_type {model_type!r} "
+                f"(family {family.name}; {cls.spec_name} supports the families {supporting})"
+            )
+        return family
 
     def __init__(self, config: MethodBase, task: str) -> None:
         self.config = config
@@ -41,7 +65,7 @@ class PeftMethod(ABC):
     def prepare(self, model: Any) -> Family:
         """What every `attach` starts with: refuse an unsupported model x method pair by name, freeze every
         weight, and let the task head train as `trainHead` says; returns the model's family."""
-        family = family_of(model, self.spec_name)
+        family = self.family_for(model)
         freeze(model)
         unfreeze_heads(model, family, self.task, self.config.train_head)
         return family
@@ -62,14 +86,16 @@ class PeftMethod(ABC):
         """(adapter_config.json content, adapter_model.safetensors tensors) in `peft`'s layout, or None."""
         return None
 
-    def save(self, model: Any, directory: str | Path) -> list[Path]:
-        """Write the trainable state and config (plus the peft layout where supported); return the files."""
-        from .saving import save_method
+    def record(self) -> dict[str, Any]:
+        """What peftjob_method.json says about this method: enough to rebuild it."""
+        return saving.method_record(self.spec_name, self.config.model_dump(mode="json", by_alias=True), self.task)
 
-        return save_method(self, model, Path(directory))
+    def save(self, model: Any, directory: str | Path) -> list[Path]:
+        """Write the trainable state and config (plus the peft layout where supported); return the files.
+
+        Every rank calls it (gathering ZeRO-3 partitions is a collective); rank 0 writes."""
+        return saving.write_method(Path(directory), self.record(), self.trainable_state(model), self.peft_export(model))
 
     def load(self, model: Any, directory: str | Path) -> None:
         """Load what `save` wrote into a freshly attached model."""
-        from .saving import load_method
-
-        load_method(self, model, Path(directory))
+        self.load_trainable_state(model, saving.read_state(Path(directory), self.record()))

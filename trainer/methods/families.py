@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from ..api.spec import METHOD_NAMES
+from ..errors import ModelError
 
 
-class UnsupportedModel(ValueError):
+class UnsupportedModel(ModelError, ValueError):
     """A model type, or a model type x method pair, that peftjob does not implement."""
 
 
@@ -36,11 +36,7 @@ class Family:
     """Candidate default LoRA target suffix sets: the attention query and value projections."""
     heads: tuple[str, ...]
     """Names of task heads that train with the method (classifier, score); never the tied lm_head."""
-    methods: tuple[str, ...]
-    """Spec method names implemented for this family (the README's method x family table)."""
 
-
-_TEXT_METHODS = ("lora", "adapter", "prefixTuning", "promptTuning", "pTuning")
 
 FAMILIES: tuple[Family, ...] = (
     Family(
@@ -51,7 +47,6 @@ FAMILIES: tuple[Family, ...] = (
         ffn_output=("output.dense",),
         lora_targets=(("query", "value"),),
         heads=("classifier",),
-        methods=_TEXT_METHODS,
     ),
     Family(
         name="distilbert",
@@ -61,7 +56,6 @@ FAMILIES: tuple[Family, ...] = (
         ffn_output=("ffn.lin2",),
         lora_targets=(("q_lin", "v_lin"),),
         heads=("pre_classifier", "classifier"),
-        methods=("lora", "adapter", "promptTuning", "pTuning"),
     ),
     Family(
         name="gpt2",
@@ -71,7 +65,6 @@ FAMILIES: tuple[Family, ...] = (
         ffn_output=("mlp.c_proj",),
         lora_targets=(("c_attn",),),
         heads=("score",),
-        methods=_TEXT_METHODS,
     ),
     Family(
         name="llama",
@@ -81,7 +74,6 @@ FAMILIES: tuple[Family, ...] = (
         ffn_output=("mlp.down_proj",),
         lora_targets=(("q_proj", "v_proj"),),
         heads=("score",),
-        methods=_TEXT_METHODS,
     ),
     Family(
         name="vit",
@@ -91,27 +83,18 @@ FAMILIES: tuple[Family, ...] = (
         ffn_output=("mlp.fc2", "output.dense"),
         lora_targets=(("q_proj", "v_proj"), ("query", "value")),
         heads=("classifier",),
-        methods=("lora", "adapter", "vpt"),
     ),
 )
 
 
-def family_of(model: Any, method: str | None = None) -> Family:
-    """The family of a transformers model (or config); with `method`, also check the pair is implemented."""
+def family_of(model: Any) -> Family:
+    """The family of a transformers model (or config). Which methods a family supports, each method says."""
     config = getattr(model, "config", model)
     model_type = getattr(config, "model_type", None)
     family = next((f for f in FAMILIES if model_type in f.model_types), None)
     if family is None:
         supported = ", ".join(t for f in FAMILIES for t in f.model_types)
         raise UnsupportedModel(f"model_type {model_type!r} is not supported (supported: {supported})")
-    if method is not None:
-        if method not in METHOD_NAMES:
-            raise UnsupportedModel(f"unknown method {method!r} (one of {', '.join(METHOD_NAMES)})")
-        if method not in family.methods:
-            raise UnsupportedModel(
-                f"method {method} is not supported on model_type {model_type!r} "
-                f"(family {family.name} supports: {', '.join(family.methods)})"
-            )
     return family
 
 

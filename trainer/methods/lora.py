@@ -19,7 +19,8 @@ from transformers.pytorch_utils import Conv1D
 from ..api.spec import LoraSpec
 from .base import PeftMethod
 from .families import UnsupportedModel, default_lora_targets, family_of
-from .saving import PEFT_TASK_TYPES
+from .peft_format import PEFT_TASK_TYPES
+from .registry import register
 from .zero import gathered
 
 
@@ -54,12 +55,20 @@ class LoraLinear(nn.Module):
         delta = (self.lora_B.weight @ self.lora_A.weight) * self.scaling
         return delta.T if self.fan_in_fan_out else delta
 
-    def merge(self, sign: float = 1.0) -> None:
-        """Add (sign=1) or subtract (sign=-1) the update into the frozen weight; ZeRO-3 safe (all ranks)."""
+    def merge(self) -> None:
+        """Add the update into the frozen weight; ZeRO-3 safe (every rank calls it)."""
+        self._add_delta(1.0)
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """Subtract the update from the frozen weight again (exact up to floating-point rounding)."""
+        self._add_delta(-1.0)
+        self.merged = False
+
+    def _add_delta(self, sign: float) -> None:
         weight = self.base_layer.weight
         with torch.no_grad(), gathered([weight, self.lora_A.weight, self.lora_B.weight], modifier_rank=0):
             weight.add_(self._delta().to(weight.dtype), alpha=sign)
-        self.merged = sign > 0
 
 
 def find_targets(model: nn.Module, targets: list[str] | None, pattern: str | None) -> list[str]:
@@ -88,10 +97,12 @@ def lora_layers(model: nn.Module) -> list[LoraLinear]:
     return [module for module in model.modules() if isinstance(module, LoraLinear)]
 
 
+@register
 class Lora(PeftMethod):
     """LoRA on the family's query/value projections by default, or on the named targets."""
 
     spec_name: ClassVar[str] = "lora"
+    families: ClassVar[tuple[str, ...]] = ("bert", "distilbert", "gpt2", "llama", "vit")
     config: LoraSpec
 
     def attach(self, model: Any) -> Any:
@@ -112,13 +123,13 @@ class Lora(PeftMethod):
         """Fold every update into its base weight: zero extra latency at inference."""
         for layer in lora_layers(model):
             if not layer.merged:
-                layer.merge(1.0)
+                layer.merge()
 
     def unmerge(self, model: Any) -> None:
         """Undo `merge` (exact up to floating-point rounding)."""
         for layer in lora_layers(model):
             if layer.merged:
-                layer.merge(-1.0)
+                layer.unmerge()
 
     def peft_export(self, model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """peft's LoraConfig and weights: our keys under `base_model.model.`, heads as modules_to_save."""

@@ -2,7 +2,7 @@
 
 The encoder mirrors `peft`'s PromptEncoder module for module (embedding, lstm_head, mlp_head), so one
 optimizer step means the same thing in both. Without a template the encoded tokens are prepended; with one
-('[P][P] {text} [P] It was') the data pipeline builds input_ids with `template_input_ids`, which marks
+('[P][P] {text} [P] It was') the data pipeline builds input_ids with `templates.template_input_ids`, which marks
 pseudo-token positions with PSEUDO_TOKEN_ID around the input and the tokenized discrete prompt text, and
 the wrapper writes the encoder's outputs there. `peft` only prepends, so only the prepended form is exported
 in its layout (as the encoder's outputs, which is what `peft` saves and loads in inference mode).
@@ -10,8 +10,7 @@ in its layout (as the encoder's outputs, which is what `peft` saves and loads in
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -19,8 +18,9 @@ from torch import nn
 from ..api.spec import PTuningSpec
 from .base import PeftMethod
 from .families import dims
-from .prompt_tuning import peft_config, peft_heads
-from .prompt_wrapper import PSEUDO_TOKEN_ID, PromptedModel
+from .peft_format import head_tensors, prompt_learning_config
+from .prompt_wrapper import PromptedModel
+from .registry import register
 from .zero import gathered
 
 LSTM_LAYERS = 2
@@ -61,45 +61,12 @@ class PromptEncoder(nn.Module):
         return self.mlp_head(tokens)[0]
 
 
-_TEMPLATE_PARTS = re.compile(r"(\[P\]|\{text\})")
-
-
-def template_input_ids(tokenizer: Any, template: str, text: str, max_length: int) -> list[int]:
-    """input_ids for one example: the template's text, the input, PSEUDO_TOKEN_ID at every [P].
-
-    The tokenizer's special tokens ([CLS] ... [SEP], BOS) wrap the whole (transformers 5 tokenizers have no
-    build_inputs_with_special_tokens, so they are read off a probe); only the input is truncated, so the
-    pseudo tokens and the discrete prompt always survive.
-    """
-    pieces: list[list[int] | str] = []
-    for part in _TEMPLATE_PARTS.split(template):
-        if part == "[P]":
-            pieces.append([PSEUDO_TOKEN_ID])
-        elif part == "{text}":
-            pieces.append("{text}")
-        elif part.strip():
-            pieces.append(tokenizer(part.strip(), add_special_tokens=False)["input_ids"])
-    before, after = special_tokens_around(tokenizer)
-    fixed = sum(len(piece) for piece in pieces if isinstance(piece, list)) + len(before) + len(after)
-    if fixed >= max_length:
-        raise ValueError(f"pTuning.template: needs {fixed} tokens, more than data.maxLength {max_length}")
-    text_ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_length - fixed]
-    ids = [token for piece in pieces for token in (text_ids if piece == "{text}" else piece)]
-    return before + ids + after
-
-
-def special_tokens_around(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """The special tokens the tokenizer puts before and after a text ([CLS] / [SEP], BOS, nothing)."""
-    probe = tokenizer("a", add_special_tokens=False)["input_ids"]
-    wrapped = tokenizer("a")["input_ids"]
-    start = next(i for i in range(len(wrapped)) if wrapped[i : i + len(probe)] == probe)
-    return wrapped[:start], wrapped[start + len(probe) :]
-
-
+@register
 class PTuning(PeftMethod):
     """Prompt encoder over `numVirtualTokens` pseudo tokens; the task head trains too (classification)."""
 
     spec_name = "pTuning"
+    families: ClassVar[tuple[str, ...]] = ("bert", "distilbert", "gpt2", "llama")
     config: PTuningSpec
 
     def attach(self, model: Any) -> PromptedModel:
@@ -118,8 +85,8 @@ class PTuning(PeftMethod):
         with torch.no_grad(), gathered(model.prompt.parameters()):
             embeddings = model.prompt().detach().to("cpu", torch.float32).contiguous()
         heads = self.task_heads(model)
-        tensors = {"prompt_embeddings": embeddings} | peft_heads(model.model, heads)
-        config = peft_config(
+        tensors = {"prompt_embeddings": embeddings} | head_tensors(model.model, heads)
+        config = prompt_learning_config(
             "P_TUNING",
             self.task,
             model.model,

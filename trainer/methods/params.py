@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 
+from ..errors import ModelError
 from .families import Family, head_names
 from .zero import cpu_copy, gathered, numel_of, shape_of
 
 
-class StateMismatch(ValueError):
+class StateMismatch(ModelError, ValueError):
     """A saved state that does not fit the attached model (other method, config or base model)."""
 
 

@@ -20,7 +20,7 @@ no arbitrary mask); on CPU and for these shapes it is what transformers picks an
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -30,8 +30,9 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from ..api.spec import PrefixTuningSpec
 from .base import PeftMethod
-from .families import dims, family_of, layers
-from .prompt_tuning import peft_config, peft_heads
+from .families import UnsupportedModel, dims, family_of, layers
+from .peft_format import head_tensors, prompt_learning_config
+from .registry import register
 from .zero import gathered
 
 ATTENTION = "peftjob_prefix"
@@ -127,15 +128,17 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
     for block in blocks:
         candidates = [m for m in block.modules() if hasattr(m, "layer_idx") and hasattr(m, "is_causal")]
         if len(candidates) != 1:
-            raise ValueError(f"{type(block).__name__}: expected one self-attention module, found {len(candidates)}")
+            raise UnsupportedModel(f"{type(block).__name__}: expected one self-attention module, found {len(candidates)}")
         found.append(candidates[0])
     return found
 
 
+@register
 class PrefixTuning(PeftMethod):
     """Per-layer key/value prefixes of `numVirtualTokens`; the task head trains too (classification)."""
 
     spec_name = "prefixTuning"
+    families: ClassVar[tuple[str, ...]] = ("bert", "gpt2", "llama")
     config: PrefixTuningSpec
 
     def attach(self, model: Any) -> Any:
@@ -171,7 +174,7 @@ class PrefixTuning(PeftMethod):
             prefixes = encoder.flat().detach().to("cpu", torch.float32).contiguous()
         size = dims(model)
         heads = self.task_heads(model)
-        config = peft_config(
+        config = prompt_learning_config(
             "PREFIX_TUNING",
             self.task,
             model,
@@ -182,4 +185,4 @@ class PrefixTuning(PeftMethod):
         )
         # peft sizes prefixes by key/value heads (GQA), see its _prepare_prompt_learning_config
         config |= {"token_dim": size.num_key_value_heads * size.head_dim, "num_attention_heads": size.num_key_value_heads}
-        return config, {"prompt_embeddings": prefixes} | peft_heads(model, heads)
+        return config, {"prompt_embeddings": prefixes} | head_tensors(model, heads)

@@ -9,7 +9,7 @@ Both read the frozen embedding matrix, so under ZeRO-3 it is gathered on every r
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -17,8 +17,9 @@ from torch import nn
 from ..api.spec import PromptTuningSpec
 from .base import PeftMethod
 from .families import dims
+from .peft_format import head_tensors, prompt_learning_config
 from .prompt_wrapper import PromptedModel
-from .saving import PEFT_TASK_TYPES
+from .registry import register
 from .zero import cpu_copy, gathered
 
 
@@ -48,35 +49,12 @@ def embedding_rows(embedding: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
         return embedding.weight[ids.to(embedding.weight.device)].detach().to("cpu", torch.float32).clone()
 
 
-def peft_config(kind: str, task: str, model: Any, virtual: int, heads: list[str], **extra: Any) -> dict[str, Any]:
-    """The adapter_config.json fields `peft` reads for a prompt-learning method, in inference mode."""
-    size = dims(model)
-    return {
-        "peft_type": kind,
-        "task_type": PEFT_TASK_TYPES[task],
-        "inference_mode": True,
-        "base_model_name_or_path": getattr(model, "name_or_path", None) or None,
-        "revision": None,
-        "num_virtual_tokens": virtual,
-        "token_dim": size.hidden_size,
-        "num_transformer_submodules": 1,
-        "num_attention_heads": size.num_attention_heads,
-        "num_layers": size.num_layers,
-        "modules_to_save": heads or None,
-        **extra,
-    }
-
-
-def peft_heads(model: nn.Module, heads: list[str]) -> dict[str, torch.Tensor]:
-    """Task-head tensors under the names `peft` saves them with (modules_to_save: `base_model.<name>`)."""
-    params = {name: p for name, p in model.named_parameters() if name.split(".", 1)[0] in heads}
-    return {f"base_model.{name}": tensor for name, tensor in cpu_copy(params).items()}
-
-
+@register
 class PromptTuning(PeftMethod):
     """Soft prompt of `numVirtualTokens` embeddings; the task head trains too (classification)."""
 
     spec_name = "promptTuning"
+    families: ClassVar[tuple[str, ...]] = ("bert", "distilbert", "gpt2", "llama")
     config: PromptTuningSpec
     tokenizer: Any = None
     """Used by init "text"; the trainer sets it, else it is loaded from the model's name_or_path."""
@@ -111,9 +89,9 @@ class PromptTuning(PeftMethod):
     def peft_export(self, model: PromptedModel) -> tuple[dict[str, Any], dict[str, Any]]:
         tensors = {"prompt_embeddings": cpu_copy({"w": model.prompt.embedding.weight})["w"]}
         heads = self.task_heads(model)
-        tensors |= peft_heads(model.model, heads)
+        tensors |= head_tensors(model.model, heads)
         init = {"random": "RANDOM", "vocab": "SAMPLE_VOCAB", "text": "TEXT"}[self.config.init]
-        config = peft_config(
+        config = prompt_learning_config(
             "PROMPT_TUNING",
             self.task,
             model.model,

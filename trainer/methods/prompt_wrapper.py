@@ -3,7 +3,7 @@
 A prompt source (a module returning `(num_virtual_tokens, hidden)` embeddings) is either prepended to the
 input embeddings or, for P-Tuning templates, written into the positions the data pipeline marked with
 `PSEUDO_TOKEN_ID`. Prepending also extends attention_mask and token_type_ids and pads causal-LM labels with
--100, as `peft` does, so a `peft` export gives the same logits. The returned logits cover the caller's tokens
+IGNORE_INDEX, as `peft` does, so a `peft` export gives the same logits. The returned logits cover the caller's tokens
 only (the virtual positions are dropped), so they line up with input_ids and labels.
 """
 
@@ -14,10 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-PSEUDO_TOKEN_ID = -1
-"""input_ids value the data pipeline puts where a template's pseudo token goes (never a real vocabulary id)."""
+from ..tokens import IGNORE_INDEX, PSEUDO_TOKEN_ID
 
-IGNORE_INDEX = -100
 
 
 class PromptedModel(nn.Module):
@@ -59,7 +57,7 @@ class PromptedModel(nn.Module):
         if not bool((counts == virtual).all()):
             raise ValueError(
                 f"every row of input_ids must hold {virtual} pseudo-token markers ({PSEUDO_TOKEN_ID}) from the "
-                f"template; got {counts.tolist()}: build inputs with p_tuning.template_input_ids"
+                f"template; got {counts.tolist()}: build inputs with templates.template_input_ids"
             )
         source = prompts.unsqueeze(0).expand(batch, -1, -1)
         embeds = embeds.masked_scatter(pseudo.unsqueeze(-1), source)

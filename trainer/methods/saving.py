@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -21,16 +21,11 @@ from safetensors.torch import load_file, save_file
 from .params import StateMismatch
 from .zero import is_writer
 
-if TYPE_CHECKING:
-    from .base import PeftMethod
-
 METHOD_FILE = "peftjob_method.json"
 STATE_FILE = "trainable.safetensors"
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 SAFETENSORS_METADATA = {"format": "pt"}
-PEFT_TASK_TYPES = {"causal-lm": "CAUSAL_LM", "sequence-classification": "SEQ_CLS"}
-"""Our task -> peft's task_type (peft has none for image classification: the head goes in modules_to_save)."""
 
 
 def peftjob_version() -> str:
@@ -41,27 +36,25 @@ def peftjob_version() -> str:
         return "unknown"
 
 
-def method_record(method: PeftMethod) -> dict[str, Any]:
+def method_record(method: str, config: dict[str, Any], task: str) -> dict[str, Any]:
     """The content of peftjob_method.json (pure)."""
-    return {
-        "method": method.spec_name,
-        "config": method.config.model_dump(mode="json", by_alias=True),
-        "task": method.task,
-        "peftjobVersion": peftjob_version(),
-    }
+    return {"method": method, "config": config, "task": task, "peftjobVersion": peftjob_version()}
 
 
-def save_method(method: PeftMethod, model: Any, directory: Path) -> list[Path]:
-    """Write the method's files into `directory`; returns their paths (the same on every rank)."""
-    state = method.trainable_state(model)
-    export = method.peft_export(model)
+def write_method(
+    directory: Path,
+    record: dict[str, Any],
+    state: dict[str, Any],
+    export: tuple[dict[str, Any], dict[str, Any]] | None,
+) -> list[Path]:
+    """Write a method's files into `directory` on the writing rank; returns their paths (the same on every rank)."""
     files = [directory / METHOD_FILE, directory / STATE_FILE]
     if export is not None:
         files += [directory / PEFT_CONFIG_FILE, directory / PEFT_WEIGHTS_FILE]
     if not is_writer():
         return files
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / METHOD_FILE).write_text(json.dumps(method_record(method), indent=2) + "\n")
+    (directory / METHOD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     save_file(state, str(directory / STATE_FILE), metadata=SAFETENSORS_METADATA)
     if export is not None:
         peft_config, peft_weights = export
@@ -84,10 +77,9 @@ def read_record(directory: Path) -> dict[str, Any]:
     return record
 
 
-def load_method(method: PeftMethod, model: Any, directory: Path) -> None:
-    """Check that `directory` holds this method with the same config and task, then load its state."""
+def read_state(directory: Path, expected: dict[str, Any]) -> dict[str, Any]:
+    """The trainable state in `directory`, after checking it holds the `expected` method, config and task."""
     record = read_record(directory)
-    expected = method_record(method)
     for key in ("method", "task", "config"):
         if record[key] != expected[key]:
             raise StateMismatch(
@@ -95,7 +87,6 @@ def load_method(method: PeftMethod, model: Any, directory: Path) -> None:
             )
     path = directory / STATE_FILE
     try:
-        state = load_file(str(path))
+        return load_file(str(path))
     except (FileNotFoundError, SafetensorError) as error:
         raise StateMismatch(f"{path}: cannot read trainable state ({error})") from None
-    method.load_trainable_state(model, state)

@@ -20,6 +20,7 @@ from torch import nn
 from ..api.spec import VptSpec
 from .base import PeftMethod
 from .families import dims, embeddings, layers
+from .registry import register
 
 PROMPTS_MODULE = "vpt_prompts"
 
@@ -57,10 +58,12 @@ def _patch_area(config: Any) -> int:
     return patch * patch if isinstance(patch, int) else math.prod(patch)
 
 
+@register
 class Vpt(PeftMethod):
     """VPT-shallow or VPT-deep on a ViT image classifier."""
 
     spec_name: ClassVar[str] = "vpt"
+    families: ClassVar[tuple[str, ...]] = ("vit",)
     config: VptSpec
 
     def attach(self, model: Any) -> Any:

@@ -19,10 +19,12 @@ Environment (one pod = one node; NPROC_PER_NODE ranks per pod)
   MLFLOW_TRACKING_URI        when the spec or the operator names a server
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY   from the output's credentials Secret, never inline
 
-Exit codes
+Exit codes (the error's type decides the code; the code decides what the operator does)
   0        done: the adapter is uploaded and verified
-  1-127    user or configuration error (invalid spec, bad data, unsupported model): not retried
-  128-255  infrastructure (signals, lost peers, storage unreachable after retries): the gang is restarted
+  1-127    the user's to fix, never retried: 1 other, 2 invalid spec, 3 bad data, 4 model (missing,
+           unsupported, no tokenizer), 5 output or storage (unwritable, no bucket, access denied)
+  128-255  infrastructure (signals, lost peers, storage unreachable after retries): the gang is restarted;
+           130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 200 failure the trainer detected itself
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .api.spec import PEFTJob
+    from .spec import PEFTJob
 
 CONFIG_DIR = "/etc/peftjob"
 CONFIG_FILE = "config.json"
@@ -55,6 +57,12 @@ EXIT_USER_ERROR = 1
 EXIT_INVALID_SPEC = 2
 EXIT_BAD_DATA = 3
 EXIT_UNSUPPORTED_MODEL = 4
+EXIT_OUTPUT = 5
+"""The output or storage configuration: an unwritable folder, a missing bucket, refused credentials."""
+EXIT_INTERRUPTED = 130
+"""Stopped by SIGINT (Ctrl-C): 128 + 2, as a shell reports it."""
+EXIT_TERMINATED = 143
+"""Stopped by SIGTERM (a pod's deletion or eviction, `peftjob run` stopping its ranks): 128 + 15."""
 EXIT_RETRYABLE = 200
 """Infrastructure trouble the trainer detected itself (e.g. storage unreachable after retries)."""
 

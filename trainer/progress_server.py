@@ -12,13 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .api.result import ProgressReport
-from .contract import PROGRESS_PATH
+from .api.contract import PROGRESS_PATH
 
 log = logging.getLogger(__name__)
 
 
-class Progress:
-    """The latest ProgressReport, shared with the server thread."""
+class ProgressServer:
+    """Rank 0's latest ProgressReport and the HTTP server that hands it to the operator."""
 
     def __init__(self, total_steps: int) -> None:
         self._lock = threading.Lock()

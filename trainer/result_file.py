@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from .api.result import TrainerResult
-from .contract import ENV_RESULT_FILE, RESULT_PATH
+from .api.contract import ENV_RESULT_FILE, RESULT_PATH
 
 TERMINATION_MESSAGE_LIMIT = 4096
 log = logging.getLogger(__name__)

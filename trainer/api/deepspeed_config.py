@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .api.spec import PEFTJobSpec
+from .spec import PEFTJobSpec
 
 
 def precision(spec: PEFTJobSpec) -> str:
