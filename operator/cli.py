@@ -3,6 +3,12 @@
 `validate` and `crd` need only the base install (pydantic + PyYAML); `render` needs nothing more either;
 `run` starts the trainer locally and needs the `trainer` extra. Every user error ends in a message naming the
 field and the reason, and an exit code: never a traceback.
+
+`validate` also runs the trainer's preflight checks that need nothing but this machine (a local model
+folder's files, config and positions, a local output folder's writability), and both `validate` and
+`render` warn, without failing, about relative local paths, which a cluster pod will not have. These commands
+work on the user's machine, so they (and `run`) are where the operator package uses trainer modules beyond the
+API: torch-free ones, imported when the command runs (tests/test_import_boundaries.py lists them).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import yaml
 
@@ -31,26 +38,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from peftjob_trainer.preflight import offline_check  # torch-free: the trainer's own checks, run here
+
     failed = False
     for path in args.files:
-        try:
-            job = load_file(path)
-        except InvalidSpec as invalid:
+        job = _load_or_report(path)
+        if job is None:
             failed = True
-            print(f"{path}: invalid", file=sys.stderr)
-            for problem in invalid.problems:
-                print(f"  {problem}", file=sys.stderr)
+            continue
+        errors, warnings = offline_check(job, Path(path).parent)
+        if errors:
+            failed = True
+            _report(path, errors)
         else:
             print(f"{path}: valid PEFTJob {job.metadata.name!r} ({job.spec.method.name} on {job.spec.model.source})")
+        _warn(path, warnings)
     return 1 if failed else 0
 
 
 def _render(args: argparse.Namespace) -> int:
     from peftjob_operator.render import render_job
+    from peftjob_trainer.preflight import relative_path_warnings
 
     job = _load_or_report(args.file)
     if job is None:
         return 1
+    _warn(args.file, relative_path_warnings(job.spec))
     print(yaml.safe_dump_all(render_job(job), sort_keys=False), end="")
     return 0
 
@@ -75,10 +88,19 @@ def _load_or_report(path: str) -> PEFTJob | None:
     try:
         return load_file(path)
     except InvalidSpec as invalid:
-        print(f"{path}: invalid", file=sys.stderr)
-        for problem in invalid.problems:
-            print(f"  {problem}", file=sys.stderr)
+        _report(path, invalid.problems)
         return None
+
+
+def _report(path: str, problems: list[str]) -> None:
+    print(f"{path}: invalid", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def _warn(path: str, warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"{path}: warning: {warning}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         if time_check_due(policy, _status(body), datetime.now(timezone.utc)):
             await reconcile_job(memo, namespace, name)
         elif phase == "Running":
-            await poll_progress(memo, namespace, name)
+            await poll_progress(memo, namespace, name, body.get("metadata", {}).get("uid"))
 
     # Not optional: the finalizer holds the job until its MLflow run is marked KILLED (best effort, bounded by
     # the MLflow request timeout, so a down MLflow never blocks a deletion for long).
@@ -170,6 +170,8 @@ async def reconcile_job(memo: Memo, namespace: str, name: str) -> None:
         if decision.status.restarts > current.restarts:
             metrics.RESTARTS.inc(decision.status.restarts - current.restarts)
         memo.phases.record(body["metadata"].get("uid", ""), decision.status.phase)
+        if decision.status.phase == "Failed" and current.phase != "Failed" and isinstance(job, PEFTJob):
+            await fail_mlflow_run(body, job, decision.status)
         if decision.delete_job:
             await client.delete(path(API, PLURAL, namespace, name))
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
@@ -207,7 +209,7 @@ async def _accepted_job(client: KubeClient, body: dict[str, Any], settings: Oper
     return accepted
 
 
-async def poll_progress(memo: Memo, namespace: str, name: str) -> None:
+async def poll_progress(memo: Memo, namespace: str, name: str, uid: str | None) -> None:
     """Ask rank 0 for its progress (workers need no API rights: the operator fetches and records it)."""
     pod = await memo.client.get(path("v1", "pods", namespace, worker_pod_name(name, 0)))
     ip = ((pod or {}).get("status") or {}).get("podIP")
@@ -218,10 +220,14 @@ async def poll_progress(memo: Memo, namespace: str, name: str) -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROGRESS_TIMEOUT)) as session:
             async with session.get(url) as response:
                 payload = await response.json(content_type=None)
-        progress, run = parse_progress(payload)
+        parsed = parse_progress(payload, uid)
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, TypeError) as error:
         logger.debug("progress of %s/%s not available: %s", namespace, name, error)
         return
+    if parsed is None:
+        logger.warning("progress at %s is another job's: ignored for %s/%s", url, namespace, name)
+        return
+    progress, run = parsed
     patch: dict[str, Any] = {"progress": progress.model_dump(mode="json", by_alias=True)}
     if run is not None:
         patch["mlflow"] = run.model_dump(mode="json", by_alias=True)
@@ -241,6 +247,14 @@ async def kill_mlflow_run(body: kopf.Body, settings: OperatorSettings) -> None:
         return
     if await mlflow_runs.close_run(tracking, run_id, "KILLED"):
         kopf.info(body, reason=Reason.MLFLOW_RUN_KILLED, message=f"MLflow run {run_id} marked KILLED")
+
+
+async def fail_mlflow_run(body: kopf.Body, job: PEFTJob, status: PEFTJobStatus) -> None:
+    """A job that failed for good leaves its MLflow run FAILED, also when no trainer could close it (rank 0
+    SIGKILLed, its node lost); a run the trainer already closed is left as it is."""
+    run_id, tracking = status.mlflow.run_id, job.spec.tracking.mlflow_tracking_uri
+    if mlflow_runs.closable(tracking, run_id) and await mlflow_runs.close_run(tracking, run_id, "FAILED"):
+        kopf.info(body, reason=Reason.MLFLOW_RUN_FAILED, message=f"MLflow run {run_id} marked FAILED")
 
 
 def _document(body: Any) -> dict[str, Any]:

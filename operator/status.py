@@ -288,11 +288,14 @@ def from_result(result: TrainerResult, mlflow: MlflowRun) -> tuple[Artifact, Mlf
     return artifact, run, progress
 
 
-def parse_progress(payload: Any) -> tuple[Progress, MlflowRun | None]:
-    """Rank 0's /progress answer -> status.progress (percent and ETA derived) and the run it logs to.
+def parse_progress(payload: Any, job_uid: str | None) -> tuple[Progress, MlflowRun | None] | None:
+    """Rank 0's /progress answer -> status.progress (percent and ETA derived) and the run it logs to; None when
+    the answer is another job's (its uid differs: pods sharing an address, an IP reused by a new pod).
 
     Raises ValidationError (a ValueError) when the payload is not a ProgressReport."""
     report = ProgressReport.model_validate(payload)
+    if report.job_uid is not None and job_uid is not None and report.job_uid != job_uid:
+        return None
     total = report.total_steps
     progress = Progress(
         step=report.step, total_steps=total, loss=report.loss, throughput=report.throughput,

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,27 +35,44 @@ def wait_http(url: str, process: subprocess.Popen[bytes], seconds: float) -> Non
     raise RuntimeError(f"{url} did not answer within {seconds} s")
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The URL of a real `mlflow server` with a sqlite backend store."""
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
+def start_mlflow(root: Path, port: int) -> subprocess.Popen[bytes]:
+    """A real `mlflow server` on 127.0.0.1:`port` with its sqlite store and artifacts under `root`, answering
+    /health when this returns (stop it with `stop_mlflow`; starting again on the same root keeps its runs)."""
     command = [
         str(Path(sys.executable).with_name("mlflow")), "server",
         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
         "--default-artifact-root", str(root / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]
-    log = (root / "server.log").open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    with (root / "server.log").open("ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_http(f"{url}/health", process, SERVER_START_SECONDS)
-        yield url
-    finally:
-        os.killpg(process.pid, 15)
+        wait_http(f"http://127.0.0.1:{port}/health", process, SERVER_START_SECONDS)
+    except RuntimeError:
+        stop_mlflow(process)
+        raise
+    return process
+
+
+def stop_mlflow(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM its process group (the server and its workers), SIGKILL what is left after 30 s."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
         process.wait(timeout=30)
-        log.close()
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a real `mlflow server` with a sqlite backend store."""
+    port = free_port()
+    process = start_mlflow(tmp_path_factory.mktemp("mlflow"), port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_mlflow(process)
 
 
 @dataclass(frozen=True)

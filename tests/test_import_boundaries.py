@@ -14,8 +14,10 @@ import pytest
 from scripts.import_graph import README, ROOT, graph, modules
 
 API = "peftjob_trainer.api"
-# The one documented exception: `peftjob run` starts the trainer's local runner (torch-free itself).
-OPERATOR_EXCEPTIONS = {("peftjob_operator.cli", "peftjob_trainer.local_run")}
+# The documented exceptions, the CLI's local commands: `peftjob run` starts the trainer's local runner, and
+# `validate`/`render` run the trainer's torch-free offline preflight checks on the user's machine.
+OPERATOR_EXCEPTIONS = {("peftjob_operator.cli", "peftjob_trainer.local_run"),
+                       ("peftjob_operator.cli", "peftjob_trainer.preflight")}
 API_THIRD_PARTY = {"pydantic", "yaml"}
 
 

@@ -3,11 +3,15 @@ Which examples each rank reads, and how they are batched, is batching.py's.
 
 Every problem in the data is a DataError naming the file and the line (or row, or image) and what is wrong,
 so the user fixes it instead of reading a traceback; its exit code is in the contract's user range.
+
+Classes are named once, by the training split (`class_names`), and every split's labels are mapped by name to
+that one list: an eval split that lacks a class must not shift the others' indices.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,12 +34,15 @@ class Record:
 
     values: dict[str, Any]
     where: str
+    class_folder: str | None = None
+    """The image folder's class sub-folder the example lies in (None for tabular data): its label, by name."""
 
 
 def fetcher(scratch: Path, endpoint_url: str | None) -> Fetch:
     """A Fetch that downloads s3:// files (or image-folder prefixes) into `scratch` and passes paths through."""
     from .storage import S3_PREFIX, open_storage
 
+    @functools.cache  # a source is read, then digested for the lineage: downloaded once
     def fetch(source: str) -> Path:
         if not source.startswith(S3_PREFIX):
             return Path(source)
@@ -106,31 +113,70 @@ def _jsonl(path: Path, name: str) -> Iterator[Record]:
 
 
 def _image_folder(root: Path, name: str) -> list[Record]:
-    """root/<class>/<image>: classes are the sorted sub-folder names."""
+    """root/<class>/<image>: the label is the class folder's name (its index is the training split's to fix)."""
     classes = sorted(child.name for child in root.iterdir() if child.is_dir())
     return [
-        Record({"image": str(path), "label": label}, f"{name}/{cls}/{path.name}")
-        for label, cls in enumerate(classes)
+        Record({"image": str(path), "label": cls}, f"{name}/{cls}/{path.name}", class_folder=cls)
+        for cls in classes
         for path in sorted((root / cls).iterdir())
         if path.suffix.lower() in IMAGE_SUFFIXES
     ]
 
 
+# ------------------------------------------------------------------------------------------------ classes
+
+
+def class_names(spec: PEFTJobSpec, train: list[Record]) -> list[str] | None:
+    """The classes' names in label order, fixed by the training split: data.labelNames, else the training image
+    folder's class folders, sorted; None where nothing names them (integer labels, causal LM)."""
+    data, num_labels = spec.data, spec.model.num_labels
+    folders = sorted({record.class_folder for record in train if record.class_folder is not None})
+    if data.label_names is not None:
+        for folder in folders:
+            if folder not in data.label_names:
+                raise DataError(
+                    f"{data.train.source}/{folder}: class folder {folder!r} is not in data.labelNames "
+                    f"({', '.join(data.label_names)})"
+                )
+        return list(data.label_names)
+    if not folders:
+        return None
+    if len(folders) != num_labels:
+        hint = ": name every class, in label order, in data.labelNames" if len(folders) < (num_labels or 0) else ""
+        raise DataError(
+            f"{data.train.source}: {len(folders)} class folders ({', '.join(folders)}) but model.numLabels is "
+            f"{num_labels}{hint}"
+        )
+    return folders
+
+
+def _unknown_class(spec: PEFTJobSpec) -> str:
+    """What a label outside the known classes is, for error messages ("not in data.labelNames")."""
+    if spec.data.label_names is not None:
+        return "not in data.labelNames"
+    return f"not a class of the training split {spec.data.train.source}"
+
+
 # ------------------------------------------------------------------------------------------------ encoding
 
 
-def encode(records: list[Record], spec: PEFTJobSpec, tokenizer: Any, processor: Any) -> list[dict[str, Any]]:
-    """Model inputs for every record: token ids (and loss masks) for text, pixel values for images."""
+def encode(
+    records: list[Record], spec: PEFTJobSpec, tokenizer: Any, processor: Any, train: list[Record] | None = None
+) -> list[dict[str, Any]]:
+    """Model inputs for every record: token ids (and loss masks) for text, pixel values for images.
+
+    Labels are mapped to the classes `train` (the training split's records) names; by default `records` are
+    the training split."""
     task, data = spec.model.task, spec.data
+    if task == "causal-lm":
+        template = spec.method.p_tuning.template if spec.method.p_tuning else None
+        return [_causal_example(record, data, tokenizer, template) for record in records]
+    classes = class_names(spec, records if train is None else train)
+    labels = Labels(data.label_field, spec.model.num_labels or 0, classes, _unknown_class(spec))
     if task == "image-classification":
-        return [_image_example(record, data, spec.model.num_labels or 0, processor) for record in records]
+        return [_image_example(record, data, labels, processor) for record in records]
     template = spec.method.p_tuning.template if spec.method.p_tuning else None
-    if task == "sequence-classification":
-        return [
-            _classification_example(record, data, spec.model.num_labels or 0, tokenizer, template)
-            for record in records
-        ]
-    return [_causal_example(record, data, tokenizer, template) for record in records]
+    return [_classification_example(record, data, labels, tokenizer, template) for record in records]
 
 
 def _templated(text: str, template: str, tokenizer: Any, max_length: int) -> list[int]:
@@ -150,21 +196,55 @@ def _field(record: Record, field: str, kind: type = str) -> Any:
     return value
 
 
-def _label(record: Record, field: str, num_labels: int) -> int:
-    value = _field(record, field, int)
-    try:
-        label = int(value)
-    except (TypeError, ValueError):
-        raise DataError(f"{record.where}: field {field!r} must be an integer class, got {value!r}") from None
-    if isinstance(value, bool) or label != float(value) or not 0 <= label < num_labels:
-        raise DataError(
-            f"{record.where}: label {value!r} out of range: model.numLabels is {num_labels} (labels 0-{num_labels - 1})"
-        )
-    return label
+@dataclass(frozen=True)
+class Labels:
+    """How a record's label becomes a class index: by name where the classes are named, else as an integer."""
+
+    field: str
+    num_labels: int
+    names: list[str] | None
+    unknown: str
+    """What a name outside `names` is, for messages ("not in data.labelNames")."""
+
+    def index(self, record: Record) -> int:
+        """The record's class index, or a DataError naming the record, the value and the known classes."""
+        if record.class_folder is not None:
+            return self._folder_index(record)
+        value = _field(record, self.field, int)
+        if self.names is not None and isinstance(value, str) and value in self.names:
+            return self.names.index(value)
+        try:
+            label = int(value)
+        except (TypeError, ValueError):
+            raise DataError(self._not_a_class(record, value)) from None
+        if isinstance(value, bool) or label != float(value) or not 0 <= label < self.num_labels:
+            raise DataError(
+                f"{record.where}: label {value!r} out of range: model.numLabels is {self.num_labels} "
+                f"(labels 0-{self.num_labels - 1})"
+            )
+        return label
+
+    def _folder_index(self, record: Record) -> int:
+        folder = record.where.rsplit("/", 1)[0]
+        if self.names is None:
+            raise DataError(f"{folder}: class folder {record.class_folder!r} cannot be mapped to a class index: "
+                            "the training split names no classes; name them in label order in data.labelNames")
+        if record.class_folder not in self.names:
+            raise DataError(
+                f"{folder}: class folder {record.class_folder!r} is {self.unknown} ({', '.join(self.names)})"
+            )
+        return self.names.index(record.class_folder)
+
+    def _not_a_class(self, record: Record, value: Any) -> str:
+        if self.names is not None and isinstance(value, str):
+            return f"{record.where}: label {value!r} is {self.unknown} ({', '.join(self.names)})"
+        hint = ": to use text labels, name the classes in label order in data.labelNames"
+        return f"{record.where}: field {self.field!r} must be an integer class, got {value!r}" + (
+            hint if isinstance(value, str) else "")
 
 
 def _classification_example(
-    record: Record, data: DataSpec, num_labels: int, tokenizer: Any, template: str | None
+    record: Record, data: DataSpec, labels: Labels, tokenizer: Any, template: str | None
 ) -> dict[str, Any]:
     text = _field(record, data.text_field)
     pair = _field(record, data.text_pair_field) if data.text_pair_field else None
@@ -172,7 +252,7 @@ def _classification_example(
         ids = _templated(text if pair is None else f"{text} {pair}", template, tokenizer, data.max_length)
     else:
         ids = tokenizer(text, pair, truncation=True, max_length=data.max_length)["input_ids"]
-    return {"input_ids": ids, "labels": _label(record, data.label_field, num_labels)}
+    return {"input_ids": ids, "labels": labels.index(record)}
 
 
 def _causal_example(record: Record, data: DataSpec, tokenizer: Any, template: str | None) -> dict[str, Any]:
@@ -200,13 +280,14 @@ def _causal_example(record: Record, data: DataSpec, tokenizer: Any, template: st
     return {"input_ids": ids, "labels": labels}
 
 
-def _image_example(record: Record, data: DataSpec, num_labels: int, processor: Any) -> dict[str, Any]:
+def _image_example(record: Record, data: DataSpec, labels: Labels, processor: Any) -> dict[str, Any]:
     from PIL import Image, UnidentifiedImageError
 
+    label = labels.index(record)  # an unknown class folder fails before its images are read
     path = _field(record, data.image_field if data.image_field in record.values else "image")
     try:
         with Image.open(path) as image:
             pixels = processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise DataError(f"{record.where}: unreadable image {path}: {error}") from None
-    return {"pixel_values": pixels, "labels": _label(record, data.label_field, num_labels)}
+    return {"pixel_values": pixels, "labels": label}

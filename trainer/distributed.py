@@ -7,13 +7,15 @@ MASTER_ADDR, MASTER_PORT). DS_ACCELERATOR must be set before DeepSpeed is first 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 TIMEOUT = timedelta(minutes=30)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,22 @@ def gather_objects(value: Any) -> list[Any]:
     gathered: list[Any] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(gathered, value)
     return gathered
+
+
+def decided_by_main(decide: Callable[[], T]) -> T:
+    """Rank 0 decides (`decide()`), every rank gets the same answer; an error rank 0 meets is raised on every
+    rank, so no rank waits in a collective for a peer that has already given up."""
+    outcome: list[Any] = [None]
+    if torch.distributed.get_rank() == 0:
+        try:
+            outcome = [(True, decide())]
+        except Exception as error:  # noqa: BLE001 (re-raised below, on every rank)
+            outcome = [(False, error)]
+    torch.distributed.broadcast_object_list(outcome, src=0)
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def all_sum(values: list[float]) -> list[float]:

@@ -2,22 +2,33 @@
 
 No torch here: this process only starts `workers.replicas` launchers (`python -m peftjob_trainer`), each
 with exactly the environment the operator renders into a pod (`contract.worker_environment`), rendezvous
-on 127.0.0.1 and a free port. Tracking defaults to an embedded sqlite MLflow store in the working directory,
-output to a local folder. Ctrl-C stops every rank; running again resumes from the last checkpoint.
+on 127.0.0.1 and a free port. Relative paths in the job are relative to the YAML file; the state folder
+(.peftjob/) and the default tracking store (an embedded sqlite MLflow store) are in the working directory.
+Ctrl-C (or SIGTERM) stops every rank of every worker; running again resumes from the last checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
+import uuid
 from pathlib import Path
 
 from . import processes
 from .api import InvalidSpec, load_file
 from .api.result import TrainerResult
-from .api.contract import EXIT_INVALID_SPEC, EXIT_OK, worker_environment
+from .api.contract import (
+    ENV_SUBMISSION,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID_SPEC,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    worker_environment,
+)
+from .api.paths import resolve_local_paths
 from .storage import S3_PREFIX
 
 STATE_DIR = ".peftjob"
@@ -30,6 +41,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def yaml_folder(path: str) -> Path:
+    """The folder of the YAML file, relative to the working directory when it lies within it, so that messages
+    name files the way the user would (`data.jsonl`, `sub/data.jsonl`); the ranks share this working directory."""
+    folder = Path(path).absolute().parent
+    try:
+        return folder.relative_to(Path.cwd())
+    except ValueError:
+        return folder
+
+
 def main(path: str) -> int:
     """Run the PEFTJob in `path` locally; returns the gang's exit code (the contract's)."""
     try:
@@ -39,6 +60,7 @@ def main(path: str) -> int:
         for problem in invalid.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_INVALID_SPEC
+    job = resolve_local_paths(job, yaml_folder(path))
     spec, name = job.spec, job.metadata.name
     state = Path.cwd() / STATE_DIR / name
     state.mkdir(parents=True, exist_ok=True)
@@ -48,25 +70,28 @@ def main(path: str) -> int:
     result_file.unlink(missing_ok=True)
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     port = free_port()
-    launchers = []
-    for node_rank in range(spec.workers.replicas):
-        env = {
+    submission = uuid.uuid4().hex  # what a job's uid is on Kubernetes: `training.resume: never` starts over once
+    environments = [
+        {
             **os.environ,
+            ENV_SUBMISSION: submission,
             **{var.name: var.value for var in spec.workers.env if var.value is not None},
             **worker_environment(
                 job, node_rank, "127.0.0.1", port,
                 config_path=str(config), result_file=str(result_file), tracking_uri=tracking,
             ),
         }
+        for node_rank in range(spec.workers.replicas)
+    ]
+    with processes.stop_requests() as requests:  # this process outlives the ranks, so it can stop them
         # -P: the working directory (a checkout holds operator/) must not shadow the standard library.
-        launchers.append(processes.start([sys.executable, "-P", "-m", "peftjob_trainer"], env))
-    world = spec.workers.world_size
-    print(f"peftjob: {name}: {spec.workers.replicas} worker(s) x {spec.workers.processes_per_worker} rank(s) = {world}")
-    try:
-        code = processes.supervise(launchers)
-    except KeyboardInterrupt:
+        launchers = [processes.start([sys.executable, "-P", "-m", "peftjob_trainer"], env) for env in environments]
+        world = spec.workers.world_size
+        print(f"peftjob: {name}: {spec.workers.replicas} worker(s) x {spec.workers.processes_per_worker} rank(s) = {world}")
+        code = processes.supervise(launchers, requests)
+    if requests:  # every launcher has exited, after its ranks, or was killed with its process group
         print("\npeftjob: stopped all ranks; run again to resume from the last checkpoint", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED if requests[0] == signal.SIGINT else EXIT_TERMINATED
     summarise(result_file, spec.output.uri, spec.tracking.mlflow_tracking_uri or tracking, code)
     return code
 
@@ -82,7 +107,10 @@ def summarise(result_file: Path, output_uri: str, tracking: str, code: int) -> N
     if "eval_accuracy" in before and "eval_accuracy" in after:
         print(f"peftjob: eval accuracy {before['eval_accuracy']:.3f} before training -> {after['eval_accuracy']:.3f} after")
     print(f"peftjob: final metrics: {json.dumps(after)}")
-    print(f"peftjob: MLflow run {result.mlflow_run_id} in {tracking}")
+    if result.mlflow_run_id:
+        print(f"peftjob: MLflow run {result.mlflow_run_id} in {tracking}")
+    else:
+        print(f"peftjob: no MLflow run was recorded in {tracking} (see the MLflow warnings above)")
     if tracking.startswith("sqlite:"):
         print(f"peftjob: open the UI with: mlflow ui --backend-store-uri {tracking}")
     if not output_uri.startswith(S3_PREFIX):

@@ -70,9 +70,23 @@ def load_preprocessor(spec: PEFTJobSpec, source: str) -> tuple[Any, Any]:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, revision=model_spec.revision)
     except (OSError, ValueError, KeyError) as error:
         raise ModelError(f"model.source: cannot load a tokenizer or processor from {source!r}: {error}") from None
+    check_vocabulary(tokenizer, model_spec.source)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, None
+
+
+def check_vocabulary(tokenizer: Any, shown: str) -> None:
+    """A tokenizer with words in it. transformers builds one from config.json alone when the vocabulary files
+    are missing (a hub repo or s3:// prefix saved without them): only special tokens, every word [UNK], and a
+    job that "succeeds" at chance accuracy."""
+    specials = set(tokenizer.all_special_ids)
+    if len(tokenizer) <= len(specials):
+        raise ModelError(
+            f"model.source: {shown}: the tokenizer has no vocabulary beyond its {len(specials)} special tokens "
+            "(its vocabulary files are missing): every word would become one unknown token; save the tokenizer "
+            "with the model"
+        )
 
 
 def load_backbone(spec: PEFTJobSpec, source: str, ds_config: dict[str, Any], pad_token_id: int | None) -> Backbone:

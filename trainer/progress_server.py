@@ -20,9 +20,9 @@ log = logging.getLogger(__name__)
 class ProgressServer:
     """Rank 0's latest ProgressReport and the HTTP server that hands it to the operator."""
 
-    def __init__(self, total_steps: int) -> None:
+    def __init__(self, total_steps: int, job_uid: str | None = None) -> None:
         self._lock = threading.Lock()
-        self._state = ProgressReport(total_steps=total_steps)
+        self._state = ProgressReport(total_steps=total_steps, job_uid=job_uid)
         self._server: ThreadingHTTPServer | None = None
 
     def update(self, **values: Any) -> None:

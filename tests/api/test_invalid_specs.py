@@ -38,6 +38,13 @@ def with_changes(path: str, value: Any) -> dict[str, Any]:
 
 DELETE = object()
 
+
+def classifier_naming(label_names: list[str]) -> dict[str, Any]:
+    """VALID as a two-class sequence classifier whose data names `label_names`."""
+    doc = with_changes("spec.model", {"source": "bert", "task": "sequence-classification", "numLabels": 2})
+    doc["spec"]["data"]["labelNames"] = label_names
+    return doc
+
 # (case id, document, field the message must name, words the reason must contain)
 CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("lora-rank-zero", with_changes("spec.method.lora.r", 0), "spec.method.lora.r", "greater than 0"),
@@ -95,6 +102,17 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
      "requests and limits"),
     ("negative-backoff", with_changes("spec.runPolicy", {"backoffLimit": -1}), "spec.runPolicy.backoffLimit",
      "greater than or equal to 0"),
+    ("labels-for-causal-lm", with_changes("spec.model.numLabels", 3), "spec.model",
+     "numLabels is only for classification tasks"),
+    ("label-names-for-causal-lm", with_changes("spec.data.labelNames", ["a", "b"]), "spec",
+     "data.labelNames is only for classification tasks"),
+    ("label-names-repeated", with_changes("spec.data.labelNames", ["cat", "dog", "cat"]), "spec.data.labelNames",
+     "unique: 'cat' repeated"),
+    ("label-names-empty-name", with_changes("spec.data.labelNames", ["cat", ""]), "spec.data.labelNames",
+     "must not be empty"),
+    ("label-names-count", classifier_naming(["a", "b", "c"]), "spec",
+     "data.labelNames names 3 classes but model.numLabels is 2"),
+    ("bad-resume", with_changes("spec.training", {"resume": "sometimes"}), "spec.training.resume", "'auto' or 'never'"),
 ]
 
 
@@ -140,3 +158,23 @@ def test_unparseable_input_gets_a_clean_message(text: str, reason: str) -> None:
     with pytest.raises(InvalidSpec) as refused:
         load_text(text)
     assert any(reason in problem for problem in refused.value.problems), refused.value.problems
+
+
+def test_label_names_that_fit_num_labels_and_resume_are_accepted() -> None:
+    doc = classifier_naming(["negative", "positive"])
+    doc["spec"]["training"] = {"resume": "never"}
+    spec = load_object(doc).spec
+    assert spec.data.label_names == ["negative", "positive"] and spec.training.resume == "never"
+    assert load_object(VALID).spec.training.resume == "auto"
+
+
+def test_the_crd_refuses_num_labels_and_label_names_for_causal_lm_too() -> None:
+    """The pydantic rules' CEL twins, so `kubectl apply` refuses them before the operator sees them."""
+    from peftjob_trainer.api.crd import crd
+
+    spec = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    model_rules = {rule["rule"] for rule in spec["properties"]["model"]["x-kubernetes-validations"]}
+    assert "self.task != 'causal-lm' || !has(self.numLabels)" in model_rules
+    spec_rules = {rule["rule"] for rule in spec["x-kubernetes-validations"]}
+    assert "!has(self.data.labelNames) || self.model.task != 'causal-lm'" in spec_rules
+    assert any("size(self.data.labelNames) == self.model.numLabels" in rule for rule in spec_rules)

@@ -144,7 +144,7 @@ def test_kubectl_get_shows_the_crd_printer_columns(api: EmulatorServer, tmp_path
               {"status": {"phase": "Running", "method": "lora", "progress": {"percent": 42.5, "loss": 0.25}}})
     header, row = kubectl("get", "peftjobs").splitlines()
     assert header.split() == ["NAME", "PHASE", "METHOD", "MODEL", "PROGRESS", "LOSS", "AGE"]
-    assert row.split()[:6] == ["quickstart", "Running", "lora", "examples/models/all-MiniLM-L6-v2", "42.5", "0.25"]
+    assert row.split()[:6] == ["quickstart", "Running", "lora", "./models/all-MiniLM-L6-v2", "42.5", "0.25"]
     result = kubectl("get", "pj", "quickstart", check=False)
     assert "Running" in result
     assert kubectl("get", "peftjob", "quickstart", "-o", "jsonpath={.status.phase}") == "Running"

@@ -3,6 +3,7 @@ the PEFTJob's status, children and Events are read back through it. One operator
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import random
@@ -249,16 +250,29 @@ def test_deleting_a_job_removes_its_children(cluster: Cluster) -> None:
     assert cluster.api.get(f"/api/v1/namespaces/{NS}/configmaps/bye-config") is None
 
 
-def test_progress_is_polled_from_rank_zero_and_deleting_the_job_kills_its_mlflow_run(
-        cluster: Cluster, mlflow_server: str) -> None:
-    """Rank 0 runs the trainer's real progress server (on a loopback address of its own, as a pod has its IP);
-    the MLflow run is a real one on the session's MLflow server."""
-    created = requests.post(f"{mlflow_server}/api/2.0/mlflow/runs/create", json={"experiment_id": "0"}, timeout=30)
-    run_id = created.json()["run"]["info"]["run_id"]
+def new_mlflow_run(server: str) -> str:
+    created = requests.post(f"{server}/api/2.0/mlflow/runs/create", json={"experiment_id": "0"}, timeout=30)
+    return created.json()["run"]["info"]["run_id"]
+
+
+@contextlib.contextmanager
+def rank0_progress() -> Iterator[tuple[ProgressServer, str]]:
+    """The trainer's real progress server on a loopback address of its own, as a pod has its IP."""
     pod_ip = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(1, 254)}"
     progress = ProgressServer(total_steps=200)
     assert progress.serve(contract.PROGRESS_PORT, host=pod_ip) == contract.PROGRESS_PORT
     try:
+        yield progress, pod_ip
+    finally:
+        progress.close()
+
+
+def test_progress_is_polled_from_rank_zero_and_deleting_the_job_kills_its_mlflow_run(
+        cluster: Cluster, mlflow_server: str) -> None:
+    """Rank 0 runs the trainer's real progress server (on a loopback address of its own, as a pod has its IP);
+    the MLflow run is a real one on the session's MLflow server."""
+    run_id = new_mlflow_run(mlflow_server)
+    with rank0_progress() as (progress, pod_ip):
         progress.update(step=50, loss=0.75, throughput=8.0, eta_seconds=90.0, mlflow=MlflowRun(run_id=run_id))
         cluster.submit("watched", spec={**VALID_SPEC, "workers": {"replicas": 2},
                                       "tracking": {"mlflowTrackingUri": mlflow_server}})
@@ -272,13 +286,29 @@ def test_progress_is_polled_from_rank_zero_and_deleting_the_job_kills_its_mlflow
         progress.update(step=150, eta_seconds=30.0)
         wait_for(lambda: cluster.status("watched").get("progress", {}).get("percent") == 75.0,
                  what="the next poll")
-    finally:
-        progress.close()
     cluster.api.delete(f"{JOBS}/watched")
     wait_for(lambda: cluster.job("watched") is None, what="the job deleted once its finalizer ran")
     run = requests.get(f"{mlflow_server}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=30).json()
     assert run["run"]["info"]["status"] == "KILLED"
     assert wait_for(lambda: [e for e in cluster.events("watched") if e["reason"] == "MlflowRunKilled"])
+
+
+def test_a_job_that_fails_for_good_leaves_its_mlflow_run_failed_not_running(
+        cluster: Cluster, mlflow_server: str) -> None:
+    """Rank 0 was SIGKILLed, so no trainer closed its run: the operator does, once the job is Failed."""
+    run_id = new_mlflow_run(mlflow_server)
+    with rank0_progress() as (progress, pod_ip):
+        progress.update(step=10, mlflow=MlflowRun(run_id=run_id))
+        cluster.submit("doomed", spec={**VALID_SPEC, "workers": {"replicas": 2}, "runPolicy": {"backoffLimit": 0},
+                                       "tracking": {"mlflowTrackingUri": mlflow_server}})
+        for pod in cluster.wait_pods("doomed", 2):
+            cluster.set_pod(pod["metadata"]["name"], "Running", pod_ip=pod_ip)
+        wait_for(lambda: cluster.status("doomed").get("mlflow", {}).get("runId") == run_id, what="the polled run id")
+    cluster.set_pod("doomed-worker-0", "Failed", 137, "Killed")
+    cluster.wait_phase("doomed", "Failed")
+    assert wait_for(lambda: [e for e in cluster.events("doomed") if e["reason"] == "MlflowRunFailed"])
+    run = requests.get(f"{mlflow_server}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=30).json()
+    assert run["run"]["info"]["status"] == "FAILED"
 
 
 def test_spec_edits_other_than_run_policy_are_refused_with_an_event(cluster: Cluster) -> None:

@@ -218,13 +218,22 @@ def test_an_overlong_error_is_cut_so_the_termination_message_stays_whole_json(
 def test_parse_progress_derives_percent_and_eta_and_reads_the_run() -> None:
     report = ProgressReport(step=25, total_steps=100, loss=1.5, throughput=12.0, eta_seconds=250,
                             mlflow=MlflowRun(run_id="abc"))
-    progress, run = parse_progress({**report.model_dump(mode="json", by_alias=True), "unknownKey": 1})
+    progress, run = parse_progress({**report.model_dump(mode="json", by_alias=True), "unknownKey": 1}, "uid-1")
     assert (progress.step, progress.percent, progress.loss, progress.eta) == (25, 25.0, 1.5, "4m10s")
     assert run is not None and run.run_id == "abc"
-    bare, none = parse_progress({"step": 3})
+    bare, none = parse_progress({"step": 3}, "uid-1")
     assert bare.percent is None and bare.eta is None and none is None
     with pytest.raises(ValueError, match="step"):
-        parse_progress({"step": "three"})
+        parse_progress({"step": "three"}, "uid-1")
+
+
+def test_a_progress_answer_of_another_job_is_not_believed() -> None:
+    """Locally every job's rank 0 listens on the same port: another job's step and MLflow run must not be
+    written into this job's status (and the deletion handler must not close that other run)."""
+    other = ProgressReport(job_uid="uid-2", step=7, total_steps=10, mlflow=MlflowRun(run_id="not-ours"))
+    assert parse_progress(other.model_dump(mode="json", by_alias=True), "uid-1") is None
+    ours = other.model_copy(update={"job_uid": "uid-1"})
+    assert parse_progress(ours.model_dump(mode="json", by_alias=True), "uid-1") is not None
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (12.4, "12s"), (250, "4m10s"), (3720, "1h2m"),

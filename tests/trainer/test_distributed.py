@@ -31,11 +31,7 @@ TOLERANCE = 1e-5
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     """A tiny BERT classifier (weights and tokenizer on disk) and a learnable sentiment data set."""
-    root = tmp_path_factory.mktemp("trainer")
-    tiny.bert_classifier(root / "model")
-    tiny.sentiment(root / "train.jsonl", 96, seed=1)
-    tiny.sentiment(root / "eval.jsonl", 24, seed=2)
-    return root
+    return tiny.sentiment_folder(tmp_path_factory.mktemp("trainer"), 96, 24)
 
 
 def spec(method: dict[str, Any], replicas: int = 1, processes: int = 2, **overrides: Any) -> dict[str, Any]:
@@ -169,7 +165,8 @@ def test_zero3_shards_the_frozen_backbone_across_ranks(workdir, runs):
 def test_training_completes_with_warnings_when_mlflow_is_unreachable(workdir, runs):
     code, output = runs["lora1"]
     assert code == 0, output[-3000:]
-    assert "MLflow: cannot start the run" in output and "training goes on" in output
+    assert "cannot open the run" in output and "training goes on" in output
+    assert "MLflow run None" not in output and "no MLflow run was recorded in http://127.0.0.1:" in output
     outcome = result(workdir, "lora1")
     assert outcome["mlflowRunId"] is None and (workdir / "out/lora1/adapter/manifest.json").is_file()
 
@@ -236,7 +233,8 @@ def test_sigkill_of_one_rank_then_rerun_resumes_without_losing_or_repeating_step
 
 def test_bad_data_fails_with_a_clear_message_and_a_user_error_code(workdir):
     (workdir / "bad.jsonl").write_text('{"text": "good w1", "label": 1}\n{"text": "bad w2", "label": 0}\n{"text": "w3", "label": 7}\n')
-    job_spec = spec(LORA, processes=1, data={"train": {"source": "train.jsonl"}, "eval": {"source": "bad.jsonl"}})
+    job_spec = spec(LORA, processes=1, data={"train": {"source": "train.jsonl"}, "eval": {"source": "bad.jsonl"},
+                                             "maxLength": 16})
     code, output = finish(launch(workdir, "baddata", job_spec, {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}))
     assert code == 3, output[-3000:]
     message = result(workdir, "baddata")["error"]

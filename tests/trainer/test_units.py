@@ -22,7 +22,7 @@ from peftjob_trainer.api.contract import EXIT_BAD_DATA, is_retryable, worker_env
 from peftjob_trainer.api.deepspeed_config import deepspeed_config
 from peftjob_trainer.batching import Sharding, eval_batches
 from peftjob_trainer.data import encode, read_records
-from peftjob_trainer.errors import DataError
+from peftjob_trainer.errors import DataError, SpecError
 from peftjob_trainer.manifest import describe
 from peftjob_trainer.progress_server import ProgressServer
 from peftjob_trainer.publish import publish_adapter
@@ -130,7 +130,7 @@ def test_unreadable_image_is_named(tmp_path, monkeypatch):
     Path("images/dog/broken.png").write_bytes(b"not a png")
     job = make_job(model={"source": "m", "task": "image-classification", "numLabels": 2}, data={"train": {"source": "images"}})
     records = read_records(job.spec.data.train, Path)
-    assert [r.values["label"] for r in records] == [0, 1, 1]
+    assert [r.values["label"] for r in records] == ["cat", "dog", "dog"]
     with pytest.raises(DataError, match=r"images/dog/broken.png: unreadable image"):
         encode(records, job.spec, None, lambda images, return_tensors: {"pixel_values": [images]})
 
@@ -172,7 +172,10 @@ def storage(request, tmp_path):
     return open_storage(server.bucket("ckpt") + f"/{tmp_path.name}", server.endpoint)
 
 
-def write_checkpoint(storage, tmp_path: Path, step: int, manifest: bool = True) -> None:
+LINEAGE = checkpoint.Lineage("lineage-a", "fingerprint", {}, resumable=True)
+
+
+def write_checkpoint(storage, tmp_path: Path, step: int, manifest: bool = True, lineage: str = LINEAGE.id) -> None:
     folder = tmp_path / f"src-{step}"
     folder.mkdir()
     (folder / "state.pt").write_bytes(bytes([step]) * 100)
@@ -180,13 +183,14 @@ def write_checkpoint(storage, tmp_path: Path, step: int, manifest: bool = True) 
     files = describe(folder)
     storage.put_file(folder / "state.pt", f"{prefix}/state.pt")
     if manifest:
-        storage.write_bytes(f"{prefix}/manifest.json", json.dumps({"files": files}).encode())
+        record = {"files": files, "lineage": lineage, "worldSize": 1, "step": step}
+        storage.write_bytes(f"{prefix}/manifest.json", json.dumps(record).encode())
 
 
 def test_latest_complete_checkpoint_is_used(storage, tmp_path):
     for step in (5, 10):
         write_checkpoint(storage, tmp_path, step)
-    tag, _ = checkpoint.fetch_latest(storage, "job", tmp_path / "fetched")
+    tag, _ = checkpoint.fetch_latest(storage, "job", LINEAGE, tmp_path / "fetched", 1)
     assert tag == "step-00000010"
     assert (tmp_path / "fetched/step-00000010/state.pt").read_bytes() == bytes([10]) * 100
 
@@ -195,7 +199,7 @@ def test_checkpoint_without_manifest_is_skipped_with_a_warning(storage, tmp_path
     write_checkpoint(storage, tmp_path, 5)
     write_checkpoint(storage, tmp_path, 10, manifest=False)
     with caplog.at_level(logging.WARNING):
-        tag, _ = checkpoint.fetch_latest(storage, "job", tmp_path / "fetched")
+        tag, _ = checkpoint.fetch_latest(storage, "job", LINEAGE, tmp_path / "fetched", 1)
     assert tag == "step-00000005"
     assert "step-00000010 has no manifest" in caplog.text
 
@@ -206,9 +210,32 @@ def test_truncated_checkpoint_file_is_skipped_with_a_warning(storage, tmp_path, 
     (tmp_path / "short").write_bytes(bytes([10]) * 40)
     storage.put_file(tmp_path / "short", "job/checkpoints/step-00000010/state.pt")
     with caplog.at_level(logging.WARNING):
-        tag, _ = checkpoint.fetch_latest(storage, "job", tmp_path / "fetched")
+        tag, _ = checkpoint.fetch_latest(storage, "job", LINEAGE, tmp_path / "fetched", 1)
     assert tag == "step-00000005"
     assert "step-00000010 does not match its manifest" in caplog.text
+
+
+def test_checkpoints_of_another_lineage_or_gang_size_are_never_resumed(storage, tmp_path, caplog):
+    write_checkpoint(storage, tmp_path, 5)
+    write_checkpoint(storage, tmp_path, 10, lineage="lineage-b")
+    with caplog.at_level(logging.WARNING):
+        tag, _ = checkpoint.fetch_latest(storage, "job", LINEAGE, tmp_path / "fetched", 1)
+    assert tag == "step-00000005" and "step-00000010 belongs to another training" in caplog.text
+    with pytest.raises(SpecError, match="written by 1 ranks but this run has 2"):
+        checkpoint.fetch_latest(storage, "job", LINEAGE, tmp_path / "again", 2)
+
+
+def test_a_lineage_is_claimed_once_and_a_different_one_refused_by_field(storage):
+    fields = {"method.lora.r": 8, "training.seed": 1}
+    first = checkpoint.claim_lineage(storage, "job", fields, "auto", owner="submission-1")
+    again = checkpoint.claim_lineage(storage, "job", fields, "auto", owner="submission-2")
+    assert (first.resumable, again.resumable, again.id) == (False, True, first.id)
+    with pytest.raises(checkpoint.LineageMismatch, match=r"method.lora.r: 8 -> 16.*resume: never"):
+        checkpoint.claim_lineage(storage, "job", {**fields, "method.lora.r": 16}, "auto", owner="submission-3")
+    own = checkpoint.claim_lineage(storage, "job", fields, "never", owner="submission-1")
+    assert own.id == first.id, "a restart of the very job that started the lineage keeps it"
+    fresh = checkpoint.claim_lineage(storage, "job", {**fields, "method.lora.r": 16}, "never", owner="submission-4")
+    assert fresh.id != first.id and not fresh.resumable
 
 
 def test_adapter_is_published_with_a_verified_manifest(storage, tmp_path):
@@ -225,28 +252,36 @@ def test_adapter_is_published_with_a_verified_manifest(storage, tmp_path):
 # -------------------------------------------------------------------------------- tracking, progress, gang
 
 
-def test_unreachable_mlflow_only_warns(monkeypatch, caplog):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+def test_unreachable_mlflow_only_warns_once_naming_the_server(monkeypatch, caplog):
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     with caplog.at_level(logging.WARNING):
-        tracker = Tracker(make_job(), enabled=True)
+        tracker = Tracker(make_job(), "lineage-u", {"method.lora.r": 8}, enabled=True)
         tracker.log_metrics({"loss": 1.0}, 1)
-        tracker.finish()
-    assert not tracker.active
-    assert "MLflow: cannot start the run" in caplog.text and "training goes on" in caplog.text
+        tracker.finish("FINISHED")
+    assert tracker.run_id is None
+    assert caplog.text.count("retrying in the background, training goes on") == 1 and url in caplog.text
+    assert "None" not in tracker.describe() and url in tracker.describe()
 
 
-def test_one_mlflow_run_per_job_is_found_again(mlflow_server, monkeypatch):
+def test_one_mlflow_run_per_lineage_is_found_again(mlflow_server, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     job = make_job(tracking={"experiment": "unit-resume"})
-    first = Tracker(job, enabled=True)
+    params = {"training.learningRate": 0.0003, "method.lora.r": 8}
+    first = Tracker(job, "lineage-1", params, enabled=True)
     first.log_metrics({"loss": 2.0}, 1)
-    second = Tracker(job, enabled=True)
+    first.finish("FAILED")
+    second = Tracker(job, "lineage-1", params, enabled=True)
     second.log_metrics({"loss": 1.0}, 2)
-    assert first.run_id == second.run_id
+    second.finish("FINISHED")
+    other = Tracker(job, "lineage-2", params, enabled=True)
+    other.finish("FINISHED")
+    assert first.run_id == second.run_id != other.run_id
     client = MlflowClient(mlflow_server)
     run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and second.previous_status == "FAILED"
     assert run.data.params["training.learningRate"] == "0.0003" and run.data.tags["peftjob.name"] == "unit"
     assert [m.step for m in client.get_metric_history(first.run_id, "loss")] == [1, 2]
     assert flatten({"a": {"b": [1, 2]}}) == {"a.b": "[1, 2]"}
@@ -258,7 +293,9 @@ def start_tracker(barrier: Any, uri: str, name: str, results: Any) -> None:
     job = make_job()
     job.metadata.name = name
     barrier.wait()
-    results.put((name, Tracker(job, enabled=True).run_id))
+    tracker = Tracker(job, f"lineage-{name}", {}, enabled=True)
+    tracker.finish("FINISHED")
+    results.put((name, tracker.run_id))
 
 
 def test_jobs_starting_together_on_a_new_sqlite_store_each_get_their_run(tmp_path):
@@ -283,7 +320,7 @@ def test_progress_is_served_and_a_busy_port_only_warns(caplog):
     port = progress.serve(free_port())
     progress.update(step=3, loss=0.5)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/progress") as response:
-        assert json.load(response) == {"step": 3, "totalSteps": 10, "loss": 0.5, "throughput": None,
+        assert json.load(response) == {"jobUid": None, "step": 3, "totalSteps": 10, "loss": 0.5, "throughput": None,
                                        "etaSeconds": None, "mlflow": None}
     with caplog.at_level(logging.WARNING):
         assert ProgressServer(10).serve(port) is None
@@ -304,3 +341,17 @@ def test_a_failing_rank_stops_the_gang_and_a_user_error_wins():
 def test_local_run_needs_no_torch():
     code = "import sys, peftjob_trainer.local_run, peftjob_trainer.api.deepspeed_config; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_pruning_old_checkpoints_never_fails_the_job(storage, tmp_path, caplog, monkeypatch):
+    """An S3 outage right after a checkpoint once killed the gang through pruning: housekeeping only warns."""
+    for step in (5, 10, 15):
+        write_checkpoint(storage, tmp_path, step)
+
+    def outage(*_args, **_kwargs):
+        raise ConnectionError("storage unreachable")
+
+    monkeypatch.setattr(storage, "delete", outage)
+    with caplog.at_level(logging.WARNING):
+        checkpoint.prune(storage, "job", kept=1)
+    assert "could not prune old checkpoints of job" in caplog.text and "storage unreachable" in caplog.text

@@ -60,6 +60,14 @@ def sentiment(path: Path, count: int, seed: int) -> Path:
     return path
 
 
+def sentiment_folder(root: Path, train: int, eval: int, dropout: float = 0.0) -> Path:
+    """A work folder with `model/` (a tiny BERT classifier), train.jsonl and eval.jsonl: what a text job reads."""
+    bert_classifier(root / "model", dropout=dropout)
+    sentiment(root / "train.jsonl", train, seed=1)
+    sentiment(root / "eval.jsonl", eval, seed=2)
+    return root
+
+
 def job(name: str, spec: dict[str, Any], path: Path) -> Path:
     """Write a PEFTJob YAML."""
     path.write_text(yaml.safe_dump({"apiVersion": "peft.dev/v1alpha1", "kind": "PEFTJob", "metadata": {"name": name}, "spec": spec}))

@@ -16,6 +16,7 @@ Environment (one pod = one node; NPROC_PER_NODE ranks per pod)
   PET_*                      the same values under torchrun's names (PyTorchJob compatible)
   RANK, LOCAL_RANK           set by the entry point for each rank it starts (or by torchrun)
   PEFTJOB_CONFIG, PEFTJOB_RESULT_FILE, PEFTJOB_PROGRESS_PORT, PEFTJOB_NAMESPACE, PEFTJOB_NAME, PEFTJOB_UID
+  PEFTJOB_SUBMISSION         `peftjob run` only: one id per invocation (the uid's stand-in)
   MLFLOW_TRACKING_URI        when the spec or the operator names a server
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY   from the output's credentials Secret, never inline
 
@@ -51,6 +52,9 @@ ENV_PROGRESS_PORT = "PEFTJOB_PROGRESS_PORT"
 ENV_NAMESPACE = "PEFTJOB_NAMESPACE"
 ENV_NAME = "PEFTJOB_NAME"
 ENV_UID = "PEFTJOB_UID"
+ENV_SUBMISSION = "PEFTJOB_SUBMISSION"
+"""Set by `peftjob run`, one value per invocation: what the job's uid is on Kubernetes (training.resume: never
+starts over once per submission, and never throws away a restarted gang's own work)."""
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 1

@@ -56,6 +56,10 @@ class ProgressReport(ApiModel):
 
     model_config = ConfigDict(extra="ignore")
 
+    job_uid: str | None = Field(
+        None, description="The uid of the PEFTJob this rank trains, so that the operator never takes another job's "
+        "report for this one's (pods that share an address, a reused IP)."
+    )
     step: int = Field(0, ge=0, description="Optimizer steps done.")
     total_steps: int | None = Field(None, ge=0, description="Optimizer steps the run will take.")
     loss: float | None = Field(None, description="Mean training loss over the latest logging window.")

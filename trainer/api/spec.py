@@ -40,9 +40,11 @@ METHOD_TASKS: dict[str, tuple[str, ...]] = {
 SECRET_ENV = re.compile(r"(SECRET|PASSWORD|TOKEN|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL)", re.IGNORECASE)
 
 
-def cel(rule: str, message: str) -> dict[str, Any]:
-    """A CEL rule for the generated CRD, kept next to the pydantic check it mirrors."""
-    return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
+def cel(rule: str, message: str, *more: tuple[str, str]) -> dict[str, Any]:
+    """CEL rules (rule, message, then more pairs) for the generated CRD, kept next to the pydantic checks
+    they mirror."""
+    rules = [(rule, message), *more]
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]}
 
 
 def preserve_unknown(description: str) -> dict[str, Any]:
@@ -67,6 +69,15 @@ class ApiModel(BaseModel):
 class ModelSpec(ApiModel):
     """The frozen backbone."""
 
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            "self.task == 'causal-lm' || has(self.numLabels)",
+            "numLabels is required for classification tasks",
+            ("self.task != 'causal-lm' || !has(self.numLabels)",
+             "numLabels is only for classification tasks: causal-lm predicts tokens"),
+        )
+    )
+
     source: str = Field(
         min_length=1,
         description="Hugging Face hub id, an s3:// prefix holding a saved model, or a local/PVC path.",
@@ -83,6 +94,11 @@ class ModelSpec(ApiModel):
     def _labels_for_classification(self) -> ModelSpec:
         if self.task != "causal-lm" and self.num_labels is None:
             raise ValueError(f"numLabels is required for task {self.task}")
+        if self.task == "causal-lm" and self.num_labels is not None:
+            raise ValueError(
+                "numLabels is only for classification tasks: task causal-lm predicts tokens, remove numLabels "
+                "(or set task to sequence-classification)"
+            )
         return self
 
 
@@ -266,6 +282,25 @@ class DataSpec(ApiModel):
     image_field: str = Field("image", description="Image path column (tabular image data sets).")
     max_length: int = Field(256, gt=0, le=131072, description="Tokens per example after truncation.")
     mask_prompt: bool = Field(True, description="Causal LM: compute the loss on the completion only.")
+    label_names: list[str] | None = Field(
+        None,
+        description=(
+            "Class names in label order: string labels in the data are mapped by name, integer labels are "
+            "named; image folders' class folders must be among them."
+        ),
+    )
+
+    @field_validator("label_names")
+    @classmethod
+    def _distinct_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if any(not name for name in value):
+            raise ValueError("class names must not be empty")
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"class names must be unique: {', '.join(map(repr, repeated))} repeated")
+        return value
 
     @model_validator(mode="after")
     def _prompt_and_completion_together(self) -> DataSpec:
@@ -297,6 +332,14 @@ class TrainingSpec(ApiModel):
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Mixed precision; auto is bf16 on GPUs that support it, else fp32."
+    )
+    resume: Literal["auto", "never"] = Field(
+        "auto",
+        description=(
+            "auto: continue this job's own training lineage from its latest checkpoint; a checkpoint of a "
+            "different configuration is refused. never: start over, discarding the job's checkpoints and "
+            "starting a new MLflow run."
+        ),
     )
 
 
@@ -502,12 +545,23 @@ class PEFTJobSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
+                *(
+                    {
+                        "rule": f"!has(self.method.{name}) || self.model.task in {list(tasks)}",
+                        "message": f"method {name} supports tasks {', '.join(tasks)}",
+                    }
+                    for name, tasks in METHOD_TASKS.items()
+                    if len(tasks) < 3
+                ),
                 {
-                    "rule": f"!has(self.method.{name}) || self.model.task in {list(tasks)}",
-                    "message": f"method {name} supports tasks {', '.join(tasks)}",
-                }
-                for name, tasks in METHOD_TASKS.items()
-                if len(tasks) < 3
+                    "rule": "!has(self.data.labelNames) || self.model.task != 'causal-lm'",
+                    "message": "data.labelNames is only for classification tasks",
+                },
+                {
+                    "rule": "!has(self.data.labelNames) || !has(self.model.numLabels) "
+                    "|| size(self.data.labelNames) == self.model.numLabels",
+                    "message": "data.labelNames must name exactly model.numLabels classes",
+                },
             ]
         }
     )
@@ -530,6 +584,19 @@ class PEFTJobSpec(ApiModel):
             raise ValueError(
                 f"method.{self.method.name} does not support model.task {self.model.task} "
                 f"(supported: {', '.join(tasks)})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _label_names_fit_labels(self) -> PEFTJobSpec:
+        names = self.data.label_names
+        if names is None:
+            return self
+        if self.model.task == "causal-lm":
+            raise ValueError("data.labelNames is only for classification tasks: task causal-lm has no classes")
+        if self.model.num_labels is not None and len(names) != self.model.num_labels:
+            raise ValueError(
+                f"data.labelNames names {len(names)} classes but model.numLabels is {self.model.num_labels}"
             )
         return self
 

@@ -33,6 +33,7 @@ class Reason:
     RESUMED: Final = "Resumed"
     SPEC_CHANGE_REFUSED: Final = "SpecChangeRefused"
     MLFLOW_RUN_KILLED: Final = "MlflowRunKilled"
+    MLFLOW_RUN_FAILED: Final = "MlflowRunFailed"
 
 
 class Condition(ApiModel):

@@ -86,16 +86,23 @@ class PeftMethod(ABC):
         """(adapter_config.json content, adapter_model.safetensors tensors) in `peft`'s layout, or None."""
         return None
 
-    def record(self) -> dict[str, Any]:
-        """What peftjob_method.json says about this method: enough to rebuild it."""
-        return saving.method_record(self.spec_name, self.config.model_dump(mode="json", by_alias=True), self.task)
+    def record(self, model: Any = None) -> dict[str, Any]:
+        """What peftjob_method.json says about this method: enough to rebuild it, and, given the trained model,
+        its class names (from its config), so that predictions read by name wherever the adapter goes."""
+        labels = saving.class_labels(model, self.task) if model is not None else None
+        return saving.method_record(self.spec_name, self.config.model_dump(mode="json", by_alias=True), self.task,
+                                    labels)
 
     def save(self, model: Any, directory: str | Path) -> list[Path]:
         """Write the trainable state and config (plus the peft layout where supported); return the files.
 
         Every rank calls it (gathering ZeRO-3 partitions is a collective); rank 0 writes."""
-        return saving.write_method(Path(directory), self.record(), self.trainable_state(model), self.peft_export(model))
+        return saving.write_method(Path(directory), self.record(model), self.trainable_state(model),
+                                   self.peft_export(model))
 
     def load(self, model: Any, directory: str | Path) -> None:
-        """Load what `save` wrote into a freshly attached model."""
+        """Load what `save` wrote into a freshly attached model, class names included."""
         self.load_trainable_state(model, saving.read_state(Path(directory), self.record()))
+        labels = saving.read_record(Path(directory)).get("labels")
+        if labels is not None:
+            saving.name_classes(model, labels)

@@ -83,12 +83,12 @@ def find_targets(model: nn.Module, targets: list[str] | None, pattern: str | Non
             continue
         if not isinstance(module, (nn.Linear, Conv1D)):
             raise UnsupportedModel(
-                f"LoRA target {name} is a {type(module).__name__}; only Linear and Conv1D layers are supported"
+                f"method.lora: target {name} is a {type(module).__name__}; only Linear and Conv1D layers are supported"
             )
         chosen.append(name)
     if not chosen:
-        wanted = f"targetPattern {pattern!r}" if pattern is not None else f"targetModules {targets}"
-        raise UnsupportedModel(f"LoRA {wanted} matches no module of {type(model).__name__}")
+        wanted = f"targetPattern: {pattern!r}" if pattern is not None else f"targetModules: {targets}"
+        raise UnsupportedModel(f"method.lora.{wanted} matches no module of {type(model).__name__}")
     return chosen
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..api.spec import PromptTuningSpec
+from ..errors import SpecError
 from .base import PeftMethod
 from .families import dims
 from .peft_format import head_tensors, prompt_learning_config
@@ -39,7 +40,7 @@ def text_token_ids(tokenizer: Any, text: str, count: int) -> list[int]:
     """initText's token ids (no special tokens), repeated or truncated to `count`, as `peft` does."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
-        raise ValueError("promptTuning.initText: tokenizes to no tokens")
+        raise SpecError("promptTuning.initText: tokenizes to no tokens")
     return (ids * math.ceil(count / len(ids)))[:count]
 
 

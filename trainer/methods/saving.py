@@ -1,11 +1,14 @@
 """Writing and reading a method's files: ours (always) and `peft`'s layout (for the methods peft knows).
 
 A saved method is a folder with
-  peftjob_method.json        method name, its hyperparameters, task, peftjob version
+  peftjob_method.json        method name, its hyperparameters, task, peftjob version, class names
   trainable.safetensors      the full trainable state (enough to resume training)
   adapter_config.json        }  only when the method exports to peft: the files
   adapter_model.safetensors  }  `peft.PeftModel.from_pretrained` reads
 Under ZeRO-3 every rank gathers (a collective) and rank 0 writes.
+
+Class names live in peftjob_method.json only: peft 0.21 loads an adapter_config.json with keys it does not know,
+but warns that it was saved by a newer peft and should be upgraded, which would mislead every user.
 """
 
 from __future__ import annotations
@@ -36,9 +39,27 @@ def peftjob_version() -> str:
         return "unknown"
 
 
-def method_record(method: str, config: dict[str, Any], task: str) -> dict[str, Any]:
-    """The content of peftjob_method.json (pure)."""
-    return {"method": method, "config": config, "task": task, "peftjobVersion": peftjob_version()}
+CLASSIFICATION_TASKS = ("sequence-classification", "image-classification")
+
+
+def method_record(method: str, config: dict[str, Any], task: str, labels: list[str] | None = None) -> dict[str, Any]:
+    """The content of peftjob_method.json (pure); `labels` are the class names in label order."""
+    record = {"method": method, "config": config, "task": task, "peftjobVersion": peftjob_version()}
+    return record | ({"labels": labels} if labels is not None else {})
+
+
+def class_labels(model: Any, task: str) -> list[str] | None:
+    """A classifier's class names in label order, from its config's id2label (None for other tasks)."""
+    id2label = getattr(getattr(model, "config", None), "id2label", None)
+    if task not in CLASSIFICATION_TASKS or not id2label:
+        return None
+    return [id2label[index] for index in sorted(id2label)]
+
+
+def name_classes(model: Any, labels: list[str]) -> None:
+    """Set a model's class names (config id2label/label2id), as transformers' pipelines show them."""
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {name: index for index, name in enumerate(labels)}
 
 
 def write_method(
