@@ -214,7 +214,7 @@ def evaluate_before_training(run: Run, tracker: Tracker) -> dict[str, float]:
 
 def run_steps(run: Run, tracker: Tracker, progress: ProgressServer, step: int, position: int) -> dict[str, float]:
     """Train from `step` to the last one; returns the metrics of the last logging window."""
-    spec, rank, engine, training = run.spec, run.rank, run.engine, run.spec.training
+    rank, engine, training = run.rank, run.engine, run.spec.training
     bar = tqdm(total=run.steps, initial=step, disable=not (rank.is_main and sys.stderr.isatty()), unit="step")
     engine.train()  # from_pretrained leaves the model in eval mode: without this, dropout would be on only after
     # an evaluation had run (so a run resumed without one trained another trajectory)
