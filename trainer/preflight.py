@@ -25,11 +25,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .api.paths import MODEL_SOURCE_GIVEN, resolve_local_paths
+from .api.paths import MODEL_SOURCE_GIVEN, S3_PREFIX, resolve_local_paths
 from .api.spec import PEFTJob, PEFTJobSpec
 from .errors import ModelError, OutputError, SpecError
 
-S3_PREFIX = "s3://"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 """A Hugging Face repo id (name or namespace/name); anything else that is not s3:// is a local path."""
 CONFIG_FILE = "config.json"

@@ -32,9 +32,9 @@ from typing import Any, Protocol, TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay, wait_random_exponential
 
+from .api.paths import S3_PREFIX
 from .errors import OutputError
 
-S3_PREFIX = "s3://"
 S3_USER_ERRORS = {
     "NoSuchBucket", "AccessDenied", "AllAccessDisabled", "AccountProblem", "InvalidAccessKeyId",
     "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "InvalidBucketName", "AuthorizationHeaderMalformed",

@@ -13,6 +13,7 @@ from pathlib import Path
 from .spec import PEFTJob
 
 S3_PREFIX = "s3://"
+"""What marks an object-store URI in a job (everything else that is not a hub id is a local path)."""
 MODEL_SOURCE_GIVEN = "peft.dev/model-source-given"
 """Annotation holding model.source as the user wrote it, next to the resolved one in the spec."""
 
